@@ -1,0 +1,10 @@
+"""Unity: a self-hosted monitoring and automation hub."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("homelab-unity")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+__all__ = ["__version__"]

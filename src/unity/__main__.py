@@ -1,0 +1,3 @@
+from unity.cli import app
+
+app()

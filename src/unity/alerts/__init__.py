@@ -1,0 +1,1 @@
+"""Alerts: threshold rules, their evaluation state and history."""

@@ -1,0 +1,111 @@
+"""Settings: environment variables ``UNITY_*`` and an optional TOML file with the same keys.
+
+Precedence, highest first: keyword arguments, environment, the TOML file, defaults.
+No module-level instance: ``create_app`` and the CLI build one and pass it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from unity.errors import ConfigError
+
+Role = Literal["all", "api", "scheduler"]
+
+
+class Settings(BaseSettings):
+    """Everything Unity can be configured with; every field is ``UNITY_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="UNITY_", extra="ignore", toml_file=None)
+
+    data_dir: Path = Path("./data")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default sqlite+aiosqlite:///<data_dir>/unity.db. "
+        "postgresql+asyncpg://… selects PostgreSQL.",
+    )
+    redis_url: str | None = Field(default=None, description="redis://… enables Redis.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    role: Role = "all"
+    log_format: Literal["console", "json"] = "console"
+    log_level: str = "INFO"
+
+    # collection
+    default_interval_s: int = Field(default=60, ge=1)
+    execution_timeout_s: float = Field(default=30.0, gt=0)
+    scheduler_jitter: bool = True
+    stale_after_intervals: int = Field(default=3, ge=1)
+    stale_check_interval_s: float = Field(default=15.0, gt=0)
+    degraded_after_errors: int = Field(default=2, ge=1)
+    failing_after_errors: int = Field(default=5, ge=1)
+    autoenable_plugins: list[str] = Field(
+        default_factory=lambda: ["system_info"],
+        description="Plugins enabled on first start of a new database.",
+    )
+
+    # batch writer
+    writer_flush_interval_s: float = Field(default=0.1, gt=0)
+    writer_max_batch: int = Field(default=10_000, ge=1)
+    writer_max_pending: int = Field(
+        default=1_000_000, ge=1, description="Samples buffered before producers wait."
+    )
+
+    # cache TTLs (seconds)
+    cache_ttl_latest_s: int = 300
+    cache_ttl_dashboard_s: int = 60
+    cache_ttl_status_s: int = 30
+    redis_retry_interval_s: float = Field(
+        default=5.0, gt=0, description="How long Redis stays bypassed after a failure."
+    )
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL in use: the configured one or the SQLite file in the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'unity.db').resolve()}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = settings_cls.model_config.get("toml_file")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from the environment, ``config_file`` (or ``./unity.toml`` if present)."""
+    path = config_file
+    if path is None and Path("unity.toml").is_file():
+        path = Path("unity.toml")
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+
+    class _FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    values = _FileSettings(**overrides).model_dump()
+    return Settings.model_validate(values)

@@ -1,0 +1,132 @@
+"""Unity's exception tree and its mapping to RFC 9457 ``application/problem+json``.
+
+    UnityError
+    ├── ConfigError            bad settings or config file (start-up)
+    ├── DatabaseError          the database cannot be opened or migrated
+    ├── NotFoundError          404: an unknown id
+    ├── ConflictError          409: the request clashes with current state
+    ├── BadRequestError        400: a bad parameter
+    ├── ValidationFailed       422: a body or config that fails its schema
+    └── PluginError            a plugin misbehaved
+        ├── PluginLoadError    it could not be imported or its manifest is invalid
+        ├── CollectionError    a collection failed (message is shown to users)
+        └── MalformedOutput    collect() returned something that is not a ``Collected``
+
+Library errors are translated where they enter Unity (``raise X(...) from exc``).
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class UnityError(Exception):
+    """Base of every error Unity raises on purpose."""
+
+    status_code = 500
+    title = "Internal error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class ConfigError(UnityError):
+    title = "Configuration error"
+
+
+class DatabaseError(UnityError):
+    status_code = 503
+    title = "Database unavailable"
+
+
+class NotFoundError(UnityError):
+    status_code = 404
+    title = "Not found"
+
+
+class ConflictError(UnityError):
+    status_code = 409
+    title = "Conflict"
+
+
+class BadRequestError(UnityError):
+    status_code = 400
+    title = "Bad request"
+
+
+class ValidationFailed(UnityError):
+    status_code = 422
+    title = "Validation failed"
+
+
+class PluginError(UnityError):
+    title = "Plugin error"
+
+
+class PluginLoadError(PluginError):
+    title = "Plugin could not be loaded"
+
+
+class CollectionError(PluginError):
+    """Raised by plugins (or the pipeline) when a collection fails; the message reaches users."""
+
+    title = "Collection failed"
+
+
+class MalformedOutput(PluginError):
+    title = "Plugin returned malformed output"
+
+
+def problem(status: int, title: str, detail: str | None = None, **extra: Any) -> JSONResponse:
+    """A problem+json response (RFC 9457)."""
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+    if detail is not None:
+        body["detail"] = detail
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+async def _unity_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, UnityError)
+    return problem(exc.status_code, exc.title, exc.detail, **exc.extra)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    response = problem(exc.status_code, _reason(exc.status_code), str(exc.detail))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    return problem(422, "Validation failed", "The request did not validate.", errors=errors)
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map Unity, HTTP and validation errors to problem+json on ``app``."""
+    app.add_exception_handler(UnityError, _unity_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
