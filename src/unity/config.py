@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     stale_check_interval_s: float = Field(default=15.0, gt=0)
     degraded_after_errors: int = Field(default=2, ge=1)
     failing_after_errors: int = Field(default=5, ge=1)
+    trusted_plugins: list[str] = Field(
+        default_factory=list,
+        description="Ids of third-party plugins (entry points) to treat as verified.",
+    )
     autoenable_plugins: list[str] = Field(
         default_factory=lambda: ["system_info"],
         description="Plugins enabled on first start of a new database.",

@@ -1,0 +1,151 @@
+"""The long-lived parts of a running Unity, built in dependency order.
+
+Components are passed to each other through constructor arguments; nothing is a
+module-level singleton. ``create_app`` builds them in its lifespan; the CLI reuses
+:func:`build_components` for one-off work (``unity plugins run``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from unity import __version__
+from unity.collection.health import HealthPolicy
+from unity.collection.pipeline import Pipeline
+from unity.collection.scheduler import CollectionScheduler
+from unity.collection.service import CollectionService
+from unity.config import Settings
+from unity.core.cache import Cache, CacheTTL, create_cache
+from unity.core.clock import Clock, SystemClock
+from unity.core.db import Database
+from unity.core.migrations import upgrade
+from unity.errors import DatabaseError
+from unity.metrics.service import MetricsService
+from unity.metrics.store import MetricStore, create_store
+from unity.metrics.writer import BatchWriter
+from unity.plugins.registry import PluginRegistry
+from unity.plugins.service import PluginCatalog, PluginService
+
+
+@dataclass(slots=True)
+class Components:
+    """Every long-lived part of a running Unity."""
+
+    settings: Settings
+    clock: Clock
+    database: Database
+    registry: PluginRegistry
+    plugins: PluginService
+    store: MetricStore
+    writer: BatchWriter
+    cache: Cache
+    http: httpx.AsyncClient
+    pipeline: Pipeline
+    scheduler: CollectionScheduler | None
+    catalog: PluginCatalog
+    collection: CollectionService
+    metrics: MetricsService
+
+
+async def build_components(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    registry: PluginRegistry | None = None,
+    with_scheduler: bool | None = None,
+) -> Components:
+    """Open the database (migrating it), discover plugins and start the writer (and scheduler).
+
+    ``registry`` defaults to a fresh discovery of built-ins and entry points.
+    """
+    clock = clock or SystemClock()
+    database = Database(settings.effective_database_url)
+    try:
+        await database.ping()
+        await upgrade(database)
+    except DatabaseError:
+        await database.dispose()
+        raise
+    if registry is None:
+        registry = PluginRegistry(trusted=settings.trusted_plugins)
+        registry.discover()
+    plugins = PluginService(database=database, registry=registry, clock=clock)
+    await plugins.sync_catalog(autoenable=settings.autoenable_plugins)
+    store = create_store(database)
+    await store.setup()
+    writer = BatchWriter(
+        store,
+        flush_interval_s=settings.writer_flush_interval_s,
+        max_batch=settings.writer_max_batch,
+        max_pending=settings.writer_max_pending,
+        clock=clock,
+    )
+    await writer.start()
+    cache = create_cache(settings)
+    http = httpx.AsyncClient(
+        headers={"user-agent": f"Unity/{__version__}"}, timeout=httpx.Timeout(10.0)
+    )
+    policy = HealthPolicy(
+        degraded_after=settings.degraded_after_errors,
+        failing_after=settings.failing_after_errors,
+        stale_after_intervals=settings.stale_after_intervals,
+    )
+    pipeline = Pipeline(
+        database=database,
+        registry=registry,
+        writer=writer,
+        cache=cache,
+        clock=clock,
+        http=http,
+        policy=policy,
+        default_timeout_s=settings.execution_timeout_s,
+    )
+    if with_scheduler is None:
+        with_scheduler = settings.role in ("all", "scheduler")
+    scheduler = None
+    if with_scheduler:
+        scheduler = CollectionScheduler(
+            pipeline=pipeline,
+            plugins=plugins,
+            database=database,
+            cache=cache,
+            clock=clock,
+            policy=policy,
+            stale_check_interval_s=settings.stale_check_interval_s,
+            spread_first_runs=settings.scheduler_jitter,
+        )
+        plugins.on_instance_changed = scheduler.sync_instance
+        await scheduler.start()
+    ttl = CacheTTL.from_settings(settings)
+    return Components(
+        settings=settings,
+        clock=clock,
+        database=database,
+        registry=registry,
+        plugins=plugins,
+        store=store,
+        writer=writer,
+        cache=cache,
+        http=http,
+        pipeline=pipeline,
+        scheduler=scheduler,
+        catalog=PluginCatalog(database=database, registry=registry, cache=cache, ttl=ttl),
+        collection=CollectionService(
+            database=database, store=store, cache=cache, ttl=ttl, clock=clock
+        ),
+        metrics=MetricsService(store=store, cache=cache, ttl=ttl, clock=clock),
+    )
+
+
+async def close_components(components: Components) -> None:
+    """Stop in reverse order; the writer flushes everything it accepted before closing."""
+    if components.scheduler is not None:
+        await components.scheduler.shutdown()
+    await components.pipeline.close()
+    await components.writer.stop()
+    await components.http.aclose()
+    await components.cache.close()
+    await components.store.close()
+    await components.database.dispose()

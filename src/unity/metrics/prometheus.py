@@ -1,0 +1,140 @@
+"""``GET /metrics``: Prometheus text exposition of Unity's own counters and every plugin
+metric's latest value.
+
+Figures are gathered asynchronously, then rendered with prometheus-client's exposition
+code (``generate_latest``) through a one-shot registry, so the format is the library's.
+
+Plugin metrics keep their names and labels and gain ``plugin`` and ``instance`` labels; a
+sample label of the same name is renamed ``exported_plugin``/``exported_instance``, as
+Prometheus does on a clash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from fastapi import APIRouter, Response
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import select
+
+from unity.deps import ComponentsDep
+from unity.plugins.models import Plugin, PluginInstance
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: Series exported per scrape; beyond this, narrow what plugins collect.
+MAX_EXPORTED_SERIES = 50_000
+
+router = APIRouter(tags=["system"])
+
+
+class _Families(Collector):
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Text exposition format."}},
+)
+async def metrics(c: ComponentsDep) -> Response:
+    """Unity's own counters and the latest value of every plugin metric."""
+    families = [*_unity_families(c), *await _plugin_families(c)]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE)
+
+
+def _unity_families(c: ComponentsDep) -> list[Metric]:
+    executions = CounterMetricFamily(
+        "unity_executions", "Plugin executions since start, by outcome.", labels=["status"]
+    )
+    for status, count in sorted(c.pipeline.stats.executions.items()):
+        executions.add_metric([status], count)
+    failures = CounterMetricFamily(
+        "unity_execution_failures", "Executions that failed or timed out since start."
+    )
+    stats = c.pipeline.stats.executions
+    failures.add_metric([], stats["failed"] + stats["timeout"])
+    writer = c.writer.stats
+    samples = CounterMetricFamily("unity_samples_written", "Samples committed by the batch writer.")
+    samples.add_metric([], float(writer.get("samples_written", 0)))
+    flushes = CounterMetricFamily("unity_writer_flushes", "Batch-writer flushes.")
+    flushes.add_metric([], float(writer.get("flushes", 0)))
+    write_failures = CounterMetricFamily(
+        "unity_writer_failures", "Failed batch-writer flushes (retried)."
+    )
+    write_failures.add_metric([], float(writer.get("failures", 0)))
+    lag = GaugeMetricFamily(
+        "unity_writer_lag_seconds", "Age of the oldest sample waiting to be written."
+    )
+    lag.add_metric([], c.writer.lag_s)
+    pending = GaugeMetricFamily("unity_writer_pending_samples", "Samples waiting to be written.")
+    pending.add_metric([], c.writer.pending)
+    cache = c.cache.stats
+    cache_requests = CounterMetricFamily(
+        "unity_cache_requests", "Cache lookups by result.", labels=["result", "backend"]
+    )
+    cache_requests.add_metric(["hit", cache.backend], cache.hits)
+    cache_requests.add_metric(["miss", cache.backend], cache.misses)
+    cache_errors = CounterMetricFamily("unity_cache_errors", "Cache backend errors (fell back).")
+    cache_errors.add_metric([], cache.errors)
+    families: list[Metric] = [
+        executions,
+        failures,
+        samples,
+        flushes,
+        write_failures,
+        lag,
+        pending,
+        cache_requests,
+        cache_errors,
+    ]
+    if c.scheduler is not None:
+        overlaps = CounterMetricFamily(
+            "unity_scheduler_skipped_overlaps",
+            "Scheduled runs skipped because one was still running.",
+        )
+        overlaps.add_metric([], c.scheduler.skipped_overlaps)
+        families.append(overlaps)
+    return families
+
+
+async def _plugin_families(c: ComponentsDep) -> list[Metric]:
+    series = await c.store.find_series(source_kind="instance", limit=MAX_EXPORTED_SERIES)
+    if not series:
+        return []
+    latest = await c.store.latest([s.id for s in series])
+    async with c.database.session() as session:
+        rows = await session.execute(
+            select(PluginInstance.id, PluginInstance.name, Plugin.plugin_id).join(
+                Plugin, PluginInstance.plugin_pk == Plugin.id
+            )
+        )
+        names = {str(i): (name, plugin_id) for i, name, plugin_id in rows}
+    families: list[Metric] = []
+    grouped: dict[str, list[tuple[dict[str, str], float, float]]] = {}
+    for s in series:
+        point = latest.get(s.id)
+        if point is None:
+            continue
+        instance_name, plugin_id = names.get(s.source_id, (s.source_id, s.plugin_id or ""))
+        labels = {
+            (f"exported_{k}" if k in ("plugin", "instance") else k): v for k, v in s.labels.items()
+        }
+        labels["plugin"] = plugin_id
+        labels["instance"] = instance_name
+        grouped.setdefault(s.name, []).append((labels, point.value, point.ts / 1000))
+    for name, entries in grouped.items():
+        keys = sorted({k for labels, _, _ in entries for k in labels})
+        family = GaugeMetricFamily(name, f"{name} (latest value collected by Unity)", labels=keys)
+        for labels, value, ts in entries:
+            family.add_metric([labels.get(k, "") for k in keys], value, timestamp=ts)
+        families.append(family)
+    return families

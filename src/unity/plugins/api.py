@@ -1,0 +1,167 @@
+"""``/api/plugins``: the catalog, enabling and configuring, status, metrics and executions."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query
+
+from unity.core.pagination import Page, PageDep
+from unity.deps import ComponentsDep
+from unity.errors import BadRequestError
+from unity.plugins.schemas import (
+    CategoryOut,
+    EnableRequest,
+    ExecutionOut,
+    HistoryOut,
+    LatestMetricsOut,
+    PluginDetail,
+    PluginStatusOut,
+    PluginSummary,
+    StatsSummary,
+)
+from unity.plugins.sdk import PluginKind
+
+router = APIRouter(prefix="/api/plugins", tags=["plugins"])
+
+PluginIdPath = Annotated[
+    str, Path(description="The plugin's id.", examples=["system_info"], max_length=64)
+]
+
+
+@router.get("", summary="List plugins")
+async def list_plugins(
+    c: ComponentsDep,
+    page: PageDep,
+    enabled: Annotated[
+        bool | None, Query(description="Only enabled (or disabled) plugins.")
+    ] = None,
+    category: Annotated[str | None, Query(max_length=50, examples=["network"])] = None,
+    kind: Annotated[PluginKind | None, Query()] = None,
+) -> Page[PluginSummary]:
+    """Every known plugin, built-in or third-party, broken ones included, by id."""
+    items, total = await c.catalog.list_plugins(
+        enabled=enabled, category=category, kind=kind, skip=page.skip, limit=page.limit
+    )
+    return Page(items=items, total=total, skip=page.skip, limit=page.limit)
+
+
+@router.get("/stats/summary", summary="Summary figures")
+async def stats_summary(c: ComponentsDep) -> StatsSummary:
+    """Plugins, instances by health, stored data and last hour's executions."""
+    return await c.collection.summary()
+
+
+@router.get("/categories/list", summary="Plugin categories")
+async def categories(c: ComponentsDep) -> list[CategoryOut]:
+    """Each category with how many plugins it holds and how many are enabled."""
+    return await c.catalog.categories()
+
+
+@router.get("/{plugin_id}", summary="Plugin details")
+async def get_plugin(c: ComponentsDep, plugin_id: PluginIdPath) -> PluginDetail:
+    """Manifest, config and its JSON Schema, declared metrics, instances with their health."""
+    return await c.catalog.detail(plugin_id)
+
+
+@router.post("/{plugin_id}/enable", summary="Enable, disable or configure a plugin")
+async def enable_plugin(
+    c: ComponentsDep, plugin_id: PluginIdPath, body: EnableRequest
+) -> PluginDetail:
+    """Enabling validates ``config`` against the plugin's schema (422 with the failing fields)
+    and schedules its default instance at once; disabling unschedules it. No restart needed."""
+    await c.catalog.detail(plugin_id)  # 404 for an unknown id before anything changes
+    await c.plugins.set_enabled(plugin_id, enabled=body.enabled, config=body.config)
+    await c.catalog.invalidate(plugin_id)
+    return await c.catalog.detail(plugin_id)
+
+
+@router.get("/{plugin_id}/status", summary="Plugin health")
+async def plugin_status(c: ComponentsDep, plugin_id: PluginIdPath) -> PluginStatusOut:
+    """Health (the worst of its enabled instances), error counts, last execution, success and error."""
+    detail = await c.catalog.detail(plugin_id)
+    return await c.collection.plugin_status(plugin_id, enabled=detail.enabled)
+
+
+@router.get("/{plugin_id}/metrics", summary="Latest metrics")
+async def latest_metrics(
+    c: ComponentsDep,
+    plugin_id: PluginIdPath,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Series to return.")] = 100,
+) -> LatestMetricsOut:
+    """The newest value of each of the plugin's series, and its latest snapshot."""
+    detail = await c.catalog.detail(plugin_id)
+    return await c.metrics.latest(
+        plugin_id, instance_ids=[i.id for i in detail.instances], limit=limit
+    )
+
+
+@router.get("/{plugin_id}/metrics/history", summary="Metric history")
+async def metrics_history(
+    c: ComponentsDep,
+    plugin_id: PluginIdPath,
+    metric_name: Annotated[str | None, Query(max_length=200, examples=["cpu_percent"])] = None,
+    hours: Annotated[
+        float, Query(gt=0, le=24 * 366, description="Span ending now (or at end).")
+    ] = 24,
+    start: Annotated[datetime | None, Query(description="ISO 8601; overrides hours.")] = None,
+    end: Annotated[datetime | None, Query(description="ISO 8601; default now.")] = None,
+    step: Annotated[
+        float | None, Query(ge=1, le=86_400 * 31, description="Seconds per returned point.")
+    ] = None,
+    resolution: Annotated[
+        Literal["raw", "1m", "1h"] | None,
+        Query(description="Force a resolution; by default picked from the span."),
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        Query(description="Label filter `name:value`, repeatable.", examples=[["mount:/"]]),
+    ] = None,
+    instance_id: Annotated[uuid.UUID | None, Query()] = None,
+) -> HistoryOut:
+    """Points over a range. Raw samples for short spans, 1-minute or 1-hour rollups for longer
+    ones, so a series stays under a few thousand points; ``step`` averages further."""
+    await c.catalog.detail(plugin_id)
+    for moment, name in ((start, "start"), (end, "end")):
+        if moment is not None and moment.tzinfo is None:
+            raise BadRequestError(f"{name} needs a timezone, e.g. 2026-01-01T00:00:00Z")
+    return await c.metrics.history(
+        plugin_id,
+        metric_name=metric_name,
+        start=start,
+        end=end,
+        hours=hours,
+        step_s=step,
+        labels=_labels(label or []),
+        instance_id=instance_id,
+        resolution=resolution,
+    )
+
+
+@router.get("/{plugin_id}/executions", summary="Execution history")
+async def executions(
+    c: ComponentsDep,
+    plugin_id: PluginIdPath,
+    skip: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    status: Annotated[Literal["success", "failed", "timeout"] | None, Query()] = None,
+    instance_id: Annotated[uuid.UUID | None, Query()] = None,
+) -> Page[ExecutionOut]:
+    """The plugin's executions, newest first."""
+    await c.catalog.detail(plugin_id)
+    items, total = await c.collection.executions(
+        plugin_id, status=status, instance_id=instance_id, skip=skip, limit=limit
+    )
+    return Page(items=items, total=total, skip=skip, limit=limit)
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition(":")
+        if not sep or not name:
+            raise BadRequestError(f"label filter {pair!r} must look like name:value")
+        out[name] = value
+    return out

@@ -1,0 +1,437 @@
+"""Plugin catalog and instances: keep the ``plugins`` table in step with discovery, enable,
+disable and configure plugins. No HTTP here; the API and the CLI call these functions.
+
+Scheduling is not this module's business: every change that affects what runs is reported
+through ``on_instance_changed`` (wired by ``create_app`` to the scheduler).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+from sqlalchemy import case, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+from sqlalchemy.sql.elements import ColumnElement
+
+from unity.collection.cache_keys import (
+    CATEGORIES_KEY,
+    SUMMARY_KEY,
+    detail_key,
+    latest_key,
+    status_key,
+)
+from unity.collection.health import Health, worst
+from unity.collection.models import PluginStatus
+from unity.core.cache import Cache, CacheTTL
+from unity.core.clock import Clock
+from unity.core.db import Database
+from unity.errors import ConflictError, NotFoundError, ValidationFailed
+from unity.plugins.models import Plugin, PluginInstance
+from unity.plugins.registry import PluginRegistry, PluginSpec
+from unity.plugins.schemas import (
+    CategoryOut,
+    InstanceOut,
+    MetricInfo,
+    PluginDetail,
+    PluginSummary,
+    StatusOut,
+)
+from unity.plugins.sdk import PluginConfig
+
+DEFAULT_INSTANCE = "default"
+InstanceListener = Callable[[uuid.UUID], Awaitable[None]]
+
+log = structlog.stdlib.get_logger("unity.plugins")
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRef:
+    """Everything needed to run an instance, detached from any database session."""
+
+    id: uuid.UUID
+    plugin_id: str
+    name: str
+    tenant_id: str
+    config: dict[str, Any]
+    interval_s: int
+
+
+def _ref(instance: PluginInstance, plugin_id: str) -> InstanceRef:
+    return InstanceRef(
+        id=instance.id,
+        plugin_id=plugin_id,
+        name=instance.name,
+        tenant_id=instance.tenant_id,
+        config=dict(instance.config),
+        interval_s=instance.interval_s,
+    )
+
+
+def validate_config(spec: PluginSpec, config: dict[str, Any]) -> PluginConfig:
+    """Validate ``config`` against the plugin's model; 422 with the failing fields otherwise."""
+    if spec.cls is None:
+        raise ConflictError(f"plugin {spec.plugin_id} is broken: {spec.error}")
+    try:
+        return spec.cls.config_model.model_validate(config)
+    except ValidationError as exc:
+        errors = [
+            {"loc": ["config", *map(str, e["loc"])], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors()
+        ]
+        raise ValidationFailed(
+            f"invalid config for plugin {spec.plugin_id}", errors=errors
+        ) from exc
+
+
+class PluginService:
+    """The plugin catalog in the database and the instances that run."""
+
+    def __init__(
+        self,
+        *,
+        database: Database,
+        registry: PluginRegistry,
+        clock: Clock,
+        on_instance_changed: InstanceListener | None = None,
+    ) -> None:
+        self._db = database
+        self._registry = registry
+        self._clock = clock
+        self.on_instance_changed = on_instance_changed
+
+    async def sync_catalog(self, *, autoenable: Collection[str] = ()) -> None:
+        """Upsert a row per discovered plugin; on a new database, enable ``autoenable`` ones."""
+        now = self._clock.now()
+        async with self._db.session() as session:
+            existing = {p.plugin_id: p for p in await session.scalars(select(Plugin))}
+            first_start = not existing
+            for spec in self._registry.specs():
+                row = existing.get(spec.plugin_id)
+                manifest = spec.manifest
+                values: dict[str, Any] = {
+                    "name": manifest.name if manifest else spec.plugin_id,
+                    "version": manifest.version if manifest else "0",
+                    "kind": manifest.kind if manifest else "collector",
+                    "category": manifest.category if manifest else "broken",
+                    "description": manifest.description if manifest else "",
+                    "source": spec.source,
+                    "verified": spec.verified,
+                    "manifest": manifest.model_dump(mode="json") if manifest else {},
+                    "config_schema": spec.cls.config_schema() if spec.cls else {},
+                    "broken_error": spec.error,
+                }
+                if row is None:
+                    row = Plugin(
+                        plugin_id=spec.plugin_id, enabled=False, config={}, created_at=now, **values
+                    )
+                    session.add(row)
+                else:
+                    for key, value in values.items():
+                        setattr(row, key, value)
+                row.updated_at = now
+        if first_start:
+            for plugin_id in autoenable:
+                spec = self._registry.get(plugin_id)
+                if not spec.broken:
+                    await self.set_enabled(plugin_id, enabled=True)
+
+    async def set_enabled(
+        self, plugin_id: str, *, enabled: bool, config: dict[str, Any] | None = None
+    ) -> Plugin:
+        """Enable or disable a plugin; enabling creates (or updates) its default instance.
+
+        ``config`` replaces the plugin's config and the default instance's config after it
+        validates; it takes effect at once through ``on_instance_changed``.
+        """
+        spec = self._registry.get(plugin_id)
+        if enabled and spec.broken:
+            raise ConflictError(f"plugin {plugin_id} is broken and cannot be enabled: {spec.error}")
+        validated = validate_config(spec, config or {}) if config is not None or enabled else None
+        now = self._clock.now()
+        changed: list[uuid.UUID] = []
+        async with self._db.session() as session:
+            plugin = await session.scalar(
+                select(Plugin)
+                .where(Plugin.plugin_id == plugin_id)
+                .options(selectinload(Plugin.instances))
+            )
+            if plugin is None:  # discovered after start-up: add the row now
+                await self.sync_catalog()
+                plugin = await session.scalar(
+                    select(Plugin)
+                    .where(Plugin.plugin_id == plugin_id)
+                    .options(selectinload(Plugin.instances))
+                )
+                assert plugin is not None
+            plugin.enabled = enabled
+            plugin.updated_at = now
+            if config is not None and validated is not None:
+                plugin.config = validated.model_dump(mode="json", exclude_unset=True)
+            if enabled and validated is not None:
+                default = next((i for i in plugin.instances if i.name == DEFAULT_INSTANCE), None)
+                if default is None:
+                    default = PluginInstance(
+                        plugin_pk=plugin.id,
+                        tenant_id="default",
+                        name=DEFAULT_INSTANCE,
+                        enabled=True,
+                        created_at=now,
+                        config={},
+                        interval_s=validated.collection_interval,
+                    )
+                    session.add(default)
+                    plugin.instances.append(default)
+                if config is not None or not default.config:
+                    default.config = dict(plugin.config)
+                    default.interval_s = validated.collection_interval
+                default.updated_at = now
+                await session.flush()
+            changed = [i.id for i in plugin.instances]
+        for instance_id in changed:
+            await self._notify(instance_id)
+        log.info("plugin enabled" if enabled else "plugin disabled", plugin_id=plugin_id)
+        return plugin
+
+    async def runnable_instances(self) -> list[InstanceRef]:
+        """Every enabled instance of every enabled, working plugin."""
+        async with self._db.session() as session:
+            rows = await session.execute(
+                select(PluginInstance, Plugin.plugin_id)
+                .join(Plugin, PluginInstance.plugin_pk == Plugin.id)
+                .where(Plugin.enabled.is_(True), PluginInstance.enabled.is_(True))
+            )
+            refs = [_ref(instance, plugin_id) for instance, plugin_id in rows]
+        return [r for r in refs if self._is_runnable(r.plugin_id)]
+
+    async def instance(self, instance_id: uuid.UUID) -> tuple[InstanceRef, bool] | None:
+        """The instance and whether it should run now (plugin and instance enabled, not broken)."""
+        async with self._db.session() as session:
+            row = (
+                await session.execute(
+                    select(PluginInstance, Plugin.plugin_id, Plugin.enabled)
+                    .join(Plugin, PluginInstance.plugin_pk == Plugin.id)
+                    .where(PluginInstance.id == instance_id)
+                )
+            ).first()
+        if row is None:
+            return None
+        instance, plugin_id, plugin_enabled = row
+        ref = _ref(instance, plugin_id)
+        return ref, bool(plugin_enabled and instance.enabled and self._is_runnable(plugin_id))
+
+    async def default_instance(self, plugin_id: str) -> InstanceRef:
+        """The plugin's default instance, created (disabled) if it has none yet."""
+        spec = self._registry.get(plugin_id)
+        if spec.broken:
+            raise ConflictError(f"plugin {plugin_id} is broken: {spec.error}")
+        now = self._clock.now()
+        async with self._db.session() as session:
+            plugin = await session.scalar(select(Plugin).where(Plugin.plugin_id == plugin_id))
+            if plugin is None:
+                raise ConflictError(f"plugin {plugin_id} is not in the catalog yet")
+            instance = await session.scalar(
+                select(PluginInstance).where(
+                    PluginInstance.plugin_pk == plugin.id, PluginInstance.name == DEFAULT_INSTANCE
+                )
+            )
+            if instance is None:
+                config = validate_config(spec, dict(plugin.config))
+                instance = PluginInstance(
+                    plugin_pk=plugin.id,
+                    tenant_id="default",
+                    name=DEFAULT_INSTANCE,
+                    enabled=False,
+                    config=dict(plugin.config),
+                    interval_s=config.collection_interval,
+                    created_at=now,
+                    updated_at=now,
+                )
+                session.add(instance)
+                await session.flush()
+            return _ref(instance, plugin_id)
+
+    def _is_runnable(self, plugin_id: str) -> bool:
+        try:
+            return not self._registry.get(plugin_id).broken
+        except NotFoundError:  # a plugin row whose code disappeared
+            return False
+
+    async def _notify(self, instance_id: uuid.UUID) -> None:
+        if self.on_instance_changed is not None:
+            await self.on_instance_changed(instance_id)
+
+
+class PluginCatalog:
+    """Read side of the catalog for the API: lists, details, categories (cached)."""
+
+    def __init__(
+        self, *, database: Database, registry: PluginRegistry, cache: Cache, ttl: CacheTTL
+    ) -> None:
+        self._db = database
+        self._registry = registry
+        self._cache = cache
+        self._ttl = ttl
+
+    async def list_plugins(
+        self,
+        *,
+        enabled: bool | None = None,
+        category: str | None = None,
+        kind: str | None = None,
+        skip: int = 0,
+        limit: int = 10,
+    ) -> tuple[list[PluginSummary], int]:
+        """Plugins matching the filters, by id, and how many match."""
+        where: list[ColumnElement[bool]] = []
+        if enabled is not None:
+            where.append(Plugin.enabled.is_(enabled))
+        if category is not None:
+            where.append(Plugin.category == category)
+        if kind is not None:
+            where.append(Plugin.kind == kind)
+        async with self._db.session() as session:
+            total = await session.scalar(select(func.count()).select_from(Plugin).where(*where))
+            plugins = list(
+                await session.scalars(
+                    select(Plugin)
+                    .where(*where)
+                    .order_by(Plugin.plugin_id)
+                    .offset(skip)
+                    .limit(limit)
+                )
+            )
+            healths = await self._instance_healths(session, [p.id for p in plugins])
+        return [self._summary(p, healths.get(p.id, [])) for p in plugins], int(total or 0)
+
+    async def detail(self, plugin_id: str) -> PluginDetail:
+        """One plugin with its manifest, schema, metrics and instances; 404 if unknown."""
+
+        async def build() -> dict[str, Any]:
+            async with self._db.session() as session:
+                plugin = await session.scalar(select(Plugin).where(Plugin.plugin_id == plugin_id))
+                if plugin is None:
+                    raise NotFoundError(f"unknown plugin {plugin_id!r}")
+                rows = await session.execute(
+                    select(PluginInstance, PluginStatus)
+                    .outerjoin(PluginStatus, PluginStatus.instance_id == PluginInstance.id)
+                    .where(PluginInstance.plugin_pk == plugin.id)
+                    .order_by(PluginInstance.name)
+                )
+                instances = [
+                    InstanceOut(
+                        id=i.id,
+                        name=i.name,
+                        tenant_id=i.tenant_id,
+                        enabled=i.enabled,
+                        interval_s=i.interval_s,
+                        config=i.config,
+                        status=StatusOut.model_validate(s) if s is not None else StatusOut(),
+                    )
+                    for i, s in rows
+                ]
+            summary = self._summary(
+                plugin, [Health(i.status.health) for i in instances if i.enabled]
+            )
+            detail = PluginDetail(
+                **summary.model_dump(),
+                manifest=plugin.manifest,
+                config=plugin.config,
+                config_schema=plugin.config_schema,
+                metrics=self._metrics(plugin_id),
+                instances=instances,
+            )
+            return detail.model_dump(mode="json")
+
+        return PluginDetail.model_validate(
+            await self._cache.get_or_set(detail_key(plugin_id), self._ttl.status_s, build)
+        )
+
+    async def categories(self) -> list[CategoryOut]:
+        """Each category with its plugin counts."""
+
+        async def build() -> list[dict[str, Any]]:
+            async with self._db.session() as session:
+                rows = await session.execute(
+                    select(
+                        Plugin.category,
+                        func.count(),
+                        func.coalesce(func.sum(case((Plugin.enabled.is_(True), 1), else_=0)), 0),
+                    )
+                    .group_by(Plugin.category)
+                    .order_by(Plugin.category)
+                )
+                return [
+                    CategoryOut(category=c, plugins=int(n), enabled=int(e)).model_dump()
+                    for c, n, e in rows
+                ]
+
+        data = await self._cache.get_or_set(CATEGORIES_KEY, self._ttl.dashboard_s, build)
+        return [CategoryOut.model_validate(d) for d in data]
+
+    async def invalidate(self, plugin_id: str) -> None:
+        """Forget cached reads about ``plugin_id`` (it was enabled, disabled or reconfigured)."""
+        await self._cache.delete(
+            detail_key(plugin_id),
+            status_key(plugin_id),
+            latest_key(plugin_id),
+            CATEGORIES_KEY,
+            SUMMARY_KEY,
+        )
+
+    def _metrics(self, plugin_id: str) -> list[MetricInfo]:
+        try:
+            cls = self._registry.get(plugin_id).cls
+        except NotFoundError:
+            return []
+        declared = getattr(cls, "metrics", ()) if cls is not None else ()
+        return [
+            MetricInfo(
+                name=m.name,
+                unit=m.unit,
+                description=m.description,
+                type=m.type,
+                labels=list(m.labels),
+            )
+            for m in declared
+        ]
+
+    @staticmethod
+    async def _instance_healths(
+        session: AsyncSession, plugin_pks: list[uuid.UUID]
+    ) -> dict[uuid.UUID, list[Health]]:
+        if not plugin_pks:
+            return {}
+        rows = await session.execute(
+            select(PluginInstance.plugin_pk, PluginStatus.health)
+            .outerjoin(PluginStatus, PluginStatus.instance_id == PluginInstance.id)
+            .where(PluginInstance.plugin_pk.in_(plugin_pks), PluginInstance.enabled.is_(True))
+        )
+        out: dict[uuid.UUID, list[Health]] = {}
+        for pk, health in rows:
+            out.setdefault(pk, []).append(Health(health or Health.UNKNOWN.value))
+        return out
+
+    @staticmethod
+    def _summary(plugin: Plugin, healths: list[Health]) -> PluginSummary:
+        shown = worst(healths) if plugin.enabled else None
+        return PluginSummary(
+            plugin_id=plugin.plugin_id,
+            name=plugin.name,
+            version=plugin.version,
+            kind=plugin.kind,
+            category=plugin.category,
+            description=plugin.description,
+            source=plugin.source,
+            verified=plugin.verified,
+            enabled=plugin.enabled,
+            broken=plugin.broken_error is not None,
+            error=plugin.broken_error,
+            instance_count=len(healths),
+            health=shown.value if shown else None,
+        )
