@@ -50,7 +50,14 @@ def main() -> None:
 
     app.router.lifespan_context = lifespan
 
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_config=None, access_log=False)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        ws="websockets-sansio",
+    )
 
 
 if __name__ == "__main__":

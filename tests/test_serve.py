@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.server import UnityProcess
+from tests.server import UnityProcess, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -18,15 +17,6 @@ pytestmark = pytest.mark.slow
 def _count(db: Path, sql: str, *args: object) -> int:
     with sqlite3.connect(db) as conn:
         return int(conn.execute(sql, args).fetchone()[0])
-
-
-def _wait(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_unity_serve_is_healthy_and_collects_system_info(tmp_path: Path) -> None:
@@ -40,7 +30,7 @@ def test_unity_serve_is_healthy_and_collects_system_info(tmp_path: Path) -> None
         db = tmp_path / "data" / "unity.db"
         assert db.is_file()
         executions = "SELECT count(*) FROM plugin_executions WHERE plugin_id='system_info' AND status='success'"
-        _wait(lambda: _count(db, executions) >= 1, 30, "a system_info execution")
+        wait_for(lambda: _count(db, executions) >= 1, 30, "a system_info execution")
         cpu = "SELECT count(*) FROM series WHERE plugin_id='system_info' AND name='cpu_percent'"
         assert _count(db, cpu) == 1
         assert _count(db, "SELECT count(*) FROM samples") > 20
@@ -60,7 +50,7 @@ def test_kill_9_during_ingest_loses_no_committed_sample(tmp_path: Path) -> None:
     success_sql = (
         "SELECT count(*) FROM plugin_executions WHERE plugin_id='firehose' AND status='success'"
     )
-    _wait(lambda: _count(db, success_sql) >= 3, 60, "three firehose executions")
+    wait_for(lambda: _count(db, success_sql) >= 3, 60, "three firehose executions")
     server.kill9()
 
     with sqlite3.connect(db) as conn:

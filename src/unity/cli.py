@@ -111,6 +111,7 @@ def serve(
         log_config=None,
         access_log=False,
         lifespan="on",
+        ws="websockets-sansio",
         timeout_graceful_shutdown=15,
     )
 

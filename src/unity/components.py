@@ -8,6 +8,7 @@ module-level singleton. ``create_app`` builds them in its lifespan; the CLI reus
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -20,8 +21,10 @@ from unity.config import Settings
 from unity.core.cache import Cache, CacheTTL, create_cache
 from unity.core.clock import Clock, SystemClock
 from unity.core.db import Database
+from unity.core.events import EventBus, create_event_bus
 from unity.core.migrations import upgrade
 from unity.errors import DatabaseError
+from unity.live.hub import LiveHub
 from unity.metrics.service import MetricsService
 from unity.metrics.store import MetricStore, create_store
 from unity.metrics.writer import BatchWriter
@@ -47,6 +50,8 @@ class Components:
     catalog: PluginCatalog
     collection: CollectionService
     metrics: MetricsService
+    bus: EventBus
+    hub: LiveHub
 
 
 async def build_components(
@@ -84,6 +89,12 @@ async def build_components(
     )
     await writer.start()
     cache = create_cache(settings)
+    bus = create_event_bus(settings, history_size=settings.event_history_size)
+    await bus.start()
+
+    async def publish(event_type: str, data: dict[str, Any]) -> None:
+        await bus.publish(event_type, data, tenant_id=data.get("tenant_id"))
+
     http = httpx.AsyncClient(
         headers={"user-agent": f"Unity/{__version__}"}, timeout=httpx.Timeout(10.0)
     )
@@ -101,6 +112,7 @@ async def build_components(
         http=http,
         policy=policy,
         default_timeout_s=settings.execution_timeout_s,
+        publish=publish,
     )
     if with_scheduler is None:
         with_scheduler = settings.role in ("all", "scheduler")
@@ -115,6 +127,7 @@ async def build_components(
             policy=policy,
             stale_check_interval_s=settings.stale_check_interval_s,
             spread_first_runs=settings.scheduler_jitter,
+            publish=publish,
         )
         plugins.on_instance_changed = scheduler.sync_instance
         await scheduler.start()
@@ -136,6 +149,13 @@ async def build_components(
             database=database, store=store, cache=cache, ttl=ttl, clock=clock
         ),
         metrics=MetricsService(store=store, cache=cache, ttl=ttl, clock=clock),
+        bus=bus,
+        hub=LiveHub(
+            bus=bus,
+            clock=clock,
+            heartbeat_s=settings.ws_heartbeat_s,
+            queue_size=settings.ws_queue_size,
+        ),
     )
 
 
@@ -146,6 +166,7 @@ async def close_components(components: Components) -> None:
     await components.pipeline.close()
     await components.writer.stop()
     await components.http.aclose()
+    await components.bus.close()
     await components.cache.close()
     await components.store.close()
     await components.database.dispose()

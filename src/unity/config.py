@@ -64,6 +64,15 @@ class Settings(BaseSettings):
         default=1_000_000, ge=1, description="Samples buffered before producers wait."
     )
 
+    # live data
+    ws_heartbeat_s: float = Field(default=30.0, gt=0, description="WebSocket heartbeat interval.")
+    ws_queue_size: int = Field(
+        default=1000, ge=1, description="Messages buffered per WebSocket client before it lags."
+    )
+    event_history_size: int = Field(
+        default=10_000, ge=100, description="Events kept for replay after a reconnect."
+    )
+
     # cache TTLs (seconds)
     cache_ttl_latest_s: int = 300
     cache_ttl_dashboard_s: int = 60

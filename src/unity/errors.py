@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -85,6 +86,57 @@ class CollectionError(PluginError):
 
 class MalformedOutput(PluginError):
     title = "Plugin returned malformed output"
+
+
+class ProblemFieldError(BaseModel):
+    """One failing field of a 422."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document (``application/problem+json``)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    errors: list[ProblemFieldError] | None = Field(
+        default=None, description="For 422: each failing field."
+    )
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for error codes a route may return."""
+    return {code: {"model": Problem, "description": _reason(code)} for code in codes}
+
+
+def use_problem_media_type(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Declare error responses as ``application/problem+json``, which is what is sent.
+
+    FastAPI documents every response model as ``application/json`` and adds its own 422
+    model; both are rewritten to the ``Problem`` schema under the problem media type.
+    """
+    ref = {"$ref": "#/components/schemas/Problem"}
+    for operations in openapi.get("paths", {}).values():
+        for operation in operations.values():
+            for code, response in operation.get("responses", {}).items():
+                if not code.isdigit() or int(code) < 400:
+                    continue
+                content = response.get("content", {})
+                schema = content.get("application/json", {}).get("schema", {})
+                if code == "422" or schema.get("$ref", "").endswith("/Problem"):
+                    response["content"] = {"application/problem+json": {"schema": ref}}
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    if "Problem" not in schemas:
+        generated = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(generated.pop("$defs", {}))
+        schemas["Problem"] = generated
+    return openapi
 
 
 def problem(status: int, title: str, detail: str | None = None, **extra: Any) -> JSONResponse:

@@ -219,6 +219,8 @@ async def test_status_cache_is_invalidated_by_an_execution(api: Client) -> None:
         {"start": "2026-01-02T00:00:00Z", "end": "2026-01-01T00:00:00Z"},
         {"start": "2026-01-01T00:00:00"},
         {"start": "yesterday"},
+        {"start": "0.5"},
+        {"end": "1700000000"},
         {"instance_id": "not-a-uuid"},
     ],
 )

@@ -36,6 +36,8 @@ class Series(Base):
     """One metric name from one source with one label set."""
 
     __tablename__ = "series"
+    # Never reuse the id of a deleted series: another process may still hold it cached.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(SeriesId, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200))

@@ -85,6 +85,15 @@ def _unity_families(c: ComponentsDep) -> list[Metric]:
     cache_requests.add_metric(["miss", cache.backend], cache.misses)
     cache_errors = CounterMetricFamily("unity_cache_errors", "Cache backend errors (fell back).")
     cache_errors.add_metric([], cache.errors)
+    clients = GaugeMetricFamily("unity_websocket_clients", "Connected WebSocket clients.")
+    clients.add_metric([], c.hub.clients)
+    bus_stats = c.bus.stats
+    events = CounterMetricFamily("unity_events_published", "Events published on the bus.")
+    events.add_metric([], bus_stats.get("published", 0))
+    dropped = CounterMetricFamily(
+        "unity_events_dropped", "Events dropped for slow subscribers (they were told: lag)."
+    )
+    dropped.add_metric([], bus_stats.get("dropped", 0))
     families: list[Metric] = [
         executions,
         failures,
@@ -95,6 +104,9 @@ def _unity_families(c: ComponentsDep) -> list[Metric]:
         pending,
         cache_requests,
         cache_errors,
+        clients,
+        events,
+        dropped,
     ]
     if c.scheduler is not None:
         overlaps = CounterMetricFamily(

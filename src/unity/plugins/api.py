@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
 
 from unity.core.pagination import Page, PageDep
+from unity.core.params import IsoDatetime
 from unity.deps import ComponentsDep
-from unity.errors import BadRequestError
+from unity.errors import BadRequestError, problem_responses
 from unity.plugins.schemas import (
     CategoryOut,
     EnableRequest,
@@ -24,7 +24,9 @@ from unity.plugins.schemas import (
 )
 from unity.plugins.sdk import PluginKind
 
-router = APIRouter(prefix="/api/plugins", tags=["plugins"])
+router = APIRouter(
+    prefix="/api/plugins", tags=["plugins"], responses=problem_responses(400, 404, 422)
+)
 
 PluginIdPath = Annotated[
     str, Path(description="The plugin's id.", examples=["system_info"], max_length=64)
@@ -66,7 +68,11 @@ async def get_plugin(c: ComponentsDep, plugin_id: PluginIdPath) -> PluginDetail:
     return await c.catalog.detail(plugin_id)
 
 
-@router.post("/{plugin_id}/enable", summary="Enable, disable or configure a plugin")
+@router.post(
+    "/{plugin_id}/enable",
+    summary="Enable, disable or configure a plugin",
+    responses=problem_responses(409),
+)
 async def enable_plugin(
     c: ComponentsDep, plugin_id: PluginIdPath, body: EnableRequest
 ) -> PluginDetail:
@@ -106,8 +112,12 @@ async def metrics_history(
     hours: Annotated[
         float, Query(gt=0, le=24 * 366, description="Span ending now (or at end).")
     ] = 24,
-    start: Annotated[datetime | None, Query(description="ISO 8601; overrides hours.")] = None,
-    end: Annotated[datetime | None, Query(description="ISO 8601; default now.")] = None,
+    start: Annotated[
+        IsoDatetime | None, Query(description="ISO 8601 with timezone; overrides hours.")
+    ] = None,
+    end: Annotated[
+        IsoDatetime | None, Query(description="ISO 8601 with timezone; default now.")
+    ] = None,
     step: Annotated[
         float | None, Query(ge=1, le=86_400 * 31, description="Seconds per returned point.")
     ] = None,
@@ -124,9 +134,6 @@ async def metrics_history(
     """Points over a range. Raw samples for short spans, 1-minute or 1-hour rollups for longer
     ones, so a series stays under a few thousand points; ``step`` averages further."""
     await c.catalog.detail(plugin_id)
-    for moment, name in ((start, "start"), (end, "end")):
-        if moment is not None and moment.tzinfo is None:
-            raise BadRequestError(f"{name} needs a timezone, e.g. 2026-01-01T00:00:00Z")
     return await c.metrics.history(
         plugin_id,
         metric_name=metric_name,

@@ -155,16 +155,17 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_series")),
         sa.UniqueConstraint("hash", name=op.f("uq_series_hash")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("series", schema=None) as batch_op:
         batch_op.create_index("ix_series_name", ["name"], unique=False)
-    if is_postgres:
-        # Label-containment lookups (labels @> '{"mount": "/"}') use this index.
-        op.create_index("ix_series_labels", "series", ["labels"], postgresql_using="gin")
         batch_op.create_index("ix_series_plugin_name", ["plugin_id", "name"], unique=False)
         batch_op.create_index(
             "ix_series_source", ["source_kind", "source_id", "name"], unique=False
         )
+    if is_postgres:
+        # Label-containment lookups (labels @> '{"mount": "/"}') use this index.
+        op.create_index("ix_series_labels", "series", ["labels"], postgresql_using="gin")
 
     op.create_table(
         "alert_history",

@@ -1,0 +1,1 @@
+"""Benchmark scenarios: `unity bench [SCENARIO]` or `python -m bench.NAME`; each prints one JSON object."""

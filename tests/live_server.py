@@ -1,0 +1,64 @@
+"""A real uvicorn server on a loopback port, running in the test's own event loop.
+
+Tests talk to it over real sockets (HTTP and WebSocket) and can still reach its
+components, e.g. to publish an event at a chosen moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from tests.collection.plugins import make_registry
+from tests.services import free_port
+from unity.app import create_app
+from unity.components import Components
+from unity.config import Settings
+
+
+class LiveServer:
+    def __init__(self, server: uvicorn.Server, port: int) -> None:
+        self.server = server
+        self.port = port
+        self.http = f"http://127.0.0.1:{port}"
+        self.ws = f"ws://127.0.0.1:{port}"
+
+    @property
+    def components(self) -> Components:
+        app: Any = self.server.config.app
+        components: Components = app.state.components
+        return components
+
+
+@asynccontextmanager
+async def live_server(tmp_path: Path, **settings: Any) -> AsyncIterator[LiveServer]:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "autoenable_plugins": [],
+        "writer_flush_interval_s": 0.02,
+        "stale_check_interval_s": 3600,
+        "role": "api",
+        **settings,
+    }
+    port = free_port()
+    app = create_app(Settings(**values), registry=make_registry())
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", ws="websockets-sansio"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("server exited during start-up")
+        await asyncio.sleep(0.01)
+    try:
+        yield LiveServer(server, port)
+    finally:
+        server.should_exit = True
+        await task
