@@ -31,7 +31,6 @@ from bench._common import (
     stopwatch,
     unity_pragmas,
 )
-
 from unity.metrics.store import SeriesKey, SqliteMetricStore
 from unity.metrics.writer import BatchWriter, PendingSample
 

@@ -29,7 +29,6 @@ from bench._common import (
     settle,
     unity_pragmas,
 )
-
 from unity.core.db import Database
 from unity.core.migrations import head_revision
 from unity.metrics.store import SeriesKey, SqliteMetricStore

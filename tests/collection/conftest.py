@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.collection.plugins import make_registry
 
+from tests.collection.plugins import make_registry
 from unity.components import Components, build_components, close_components
 from unity.config import Settings
 

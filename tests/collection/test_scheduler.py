@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+
 from tests.collection.conftest import make_settings
 from tests.collection.plugins import Slow, make_registry
 from tests.fakes import WallClockFrom
-
 from unity.collection.health import Health
 from unity.collection.models import PluginExecution, PluginStatus
 from unity.components import Components, build_components, close_components

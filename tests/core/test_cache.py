@@ -15,9 +15,9 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+
 from tests.fakes import FakeClock
 from tests.services import RedisServer
-
 from unity.config import Settings
 from unity.core.cache import Cache, CacheTTL, MemoryCache, create_cache
 from unity.core.cache.redis import RedisCache

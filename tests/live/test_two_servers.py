@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import websockets
+
 from tests.server import UnityProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.external_service]

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 import websockets
-from tests.live.rawws import RawWebSocket
-from tests.live_server import LiveServer, live_server
 from websockets.asyncio.client import ClientConnection
 
+from tests.live.rawws import RawWebSocket
+from tests.live_server import LiveServer, live_server
 from unity.live.hub import METRIC_EVENTS
 
 

@@ -13,10 +13,10 @@ import pytest
 import structlog
 from sqlalchemy.engine import make_url
 from structlog.testing import LogCapture
+
 from tests.fakes import FakeClock
 from tests.metrics.conftest import key, make_instance
 from tests.services import PostgresServer
-
 from unity.core.db import Database
 from unity.core.migrations import upgrade
 from unity.errors import DatabaseError

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from tests.metrics.conftest import key, make_instance
 
+from tests.metrics.conftest import key, make_instance
 from unity.core.db import Database
 from unity.core.migrations import upgrade
 from unity.metrics.store import MetricStore, SnapshotWrite, SqliteMetricStore, create_store

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.api_client import app_client
 
+from tests.api_client import app_client
 from unity.components import Components
 
 Client = tuple[httpx.AsyncClient, Components]

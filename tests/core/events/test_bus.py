@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+
 from tests.core.events.conftest import NewBus
 from tests.core.events.support import (
     note,
@@ -15,7 +16,6 @@ from tests.core.events.support import (
     receive_through,
     seqs,
 )
-
 from unity.config import Settings
 from unity.core.events import (
     Event,

@@ -8,8 +8,8 @@ from typing import Any, get_args
 
 import pytest
 from pydantic import ValidationError
-from tests.collection.plugins import make_registry
 
+from tests.collection.plugins import make_registry
 from unity.collection.health import Health
 from unity.components import build_components, close_components
 from unity.config import Settings

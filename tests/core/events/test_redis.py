@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 from redis.asyncio import Redis
+
 from tests.core.events.support import (
     DEADLINE_S,
     note,
@@ -20,7 +21,6 @@ from tests.core.events.support import (
     seqs,
 )
 from tests.services import RedisServer
-
 from unity.core.events import UNPUBLISHED, Event, EventBusUnavailable, Resync
 from unity.core.events.redis import Entry, RedisEventBus
 
