@@ -44,7 +44,10 @@ def main() -> None:
         async with inner(a) as state:
             for plugin_id, config in enable:
                 await a.state.components.plugins.set_enabled(
-                    plugin_id, enabled=True, config=orjson.loads(config or "{}")
+                    plugin_id,
+                    tenant_id="default",
+                    enabled=True,
+                    config=orjson.loads(config or "{}"),
                 )
             yield state
 

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
+from starlette.requests import HTTPConnection
 
+from unity.auth.principal import DEFAULT_TENANT
 from unity.components import Components
 
 
-def _components(request: Request) -> Components:
-    components: Components = request.app.state.components
+def _components(connection: HTTPConnection) -> Components:
+    components: Components = connection.app.state.components
     return components
 
 
+def _tenant() -> str:
+    return DEFAULT_TENANT
+
+
 ComponentsDep = Annotated[Components, Depends(_components)]
+#: The tenant a request acts on.
+TenantDep = Annotated[str, Depends(_tenant)]

@@ -16,7 +16,7 @@ from unity.plugins.service import InstanceRef
 
 
 async def _instance(c: Components, plugin_id: str, **config: object) -> InstanceRef:
-    await c.plugins.set_enabled(plugin_id, enabled=True, config=dict(config))
+    await c.plugins.set_enabled(plugin_id, tenant_id="default", enabled=True, config=dict(config))
     return await c.plugins.default_instance(plugin_id)
 
 

@@ -56,11 +56,13 @@ async def test_enabled_instance_runs_on_its_interval_and_stops_when_disabled(
     c = running
     assert c.scheduler is not None
     assert c.scheduler.state == "running"
-    await c.plugins.set_enabled("steady", enabled=True, config={"collection_interval": 1})
+    await c.plugins.set_enabled(
+        "steady", tenant_id="default", enabled=True, config={"collection_interval": 1}
+    )
     assert len(c.scheduler.job_ids()) == 1
     await wait_until(lambda: _at_least(c, "steady", 2), what="two executions")
 
-    await c.plugins.set_enabled("steady", enabled=False)
+    await c.plugins.set_enabled("steady", tenant_id="default", enabled=False)
     assert c.scheduler.job_ids() == set()
     settled = await execution_count(c, "steady")
     await asyncio.sleep(1.5)
@@ -71,11 +73,14 @@ async def test_reconfiguring_reschedules_without_restart(running: Components) ->
     c = running
     assert c.scheduler is not None
     await c.plugins.set_enabled(
-        "steady", enabled=True, config={"collection_interval": 3600, "start": 0}
+        "steady",
+        tenant_id="default",
+        enabled=True,
+        config={"collection_interval": 3600, "start": 0},
     )
     await wait_until(lambda: _at_least(c, "steady", 1), what="first run at once")
     await c.plugins.set_enabled(
-        "steady", enabled=True, config={"collection_interval": 1, "start": 100}
+        "steady", tenant_id="default", enabled=True, config={"collection_interval": 1, "start": 100}
     )
     instance = await c.plugins.default_instance("steady")
     assert instance.interval_s == 1
@@ -91,7 +96,7 @@ async def test_never_two_overlapping_executions(running: Components) -> None:
     Slow.max_running = 0
     Slow.finished = 0
     await c.plugins.set_enabled(
-        "slow", enabled=True, config={"collection_interval": 1, "delay": 1.5}
+        "slow", tenant_id="default", enabled=True, config={"collection_interval": 1, "delay": 1.5}
     )
     instance = await c.plugins.default_instance("slow")
     # an on-demand run while the scheduled one may be running waits for it
@@ -103,7 +108,9 @@ async def test_never_two_overlapping_executions(running: Components) -> None:
 async def test_startup_schedules_existing_enabled_instances(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     first = await build_components(settings, registry=make_registry(), with_scheduler=False)
-    await first.plugins.set_enabled("steady", enabled=True, config={"collection_interval": 1})
+    await first.plugins.set_enabled(
+        "steady", tenant_id="default", enabled=True, config={"collection_interval": 1}
+    )
     await close_components(first)
 
     second = await build_components(settings, registry=make_registry())
@@ -118,7 +125,9 @@ async def test_startup_schedules_existing_enabled_instances(tmp_path: Path) -> N
 async def test_instance_without_data_for_three_intervals_turns_stale(running: Components) -> None:
     c = running
     assert c.scheduler is not None
-    await c.plugins.set_enabled("steady", enabled=True, config={"collection_interval": 3600})
+    await c.plugins.set_enabled(
+        "steady", tenant_id="default", enabled=True, config={"collection_interval": 3600}
+    )
     await wait_until(lambda: _at_least(c, "steady", 1), what="first run")
     instance = await c.plugins.default_instance("steady")
     assert await c.scheduler.check_stale() == []
@@ -155,8 +164,12 @@ async def test_instance_without_data_for_three_intervals_turns_stale(running: Co
 
 async def test_failing_plugin_does_not_stop_the_scheduler(running: Components) -> None:
     c = running
-    await c.plugins.set_enabled("boom", enabled=True, config={"collection_interval": 1})
-    await c.plugins.set_enabled("steady", enabled=True, config={"collection_interval": 1})
+    await c.plugins.set_enabled(
+        "boom", tenant_id="default", enabled=True, config={"collection_interval": 1}
+    )
+    await c.plugins.set_enabled(
+        "steady", tenant_id="default", enabled=True, config={"collection_interval": 1}
+    )
     await wait_until(lambda: _at_least(c, "boom", 3), what="boom keeps being scheduled")
     await wait_until(lambda: _at_least(c, "steady", 3), what="steady keeps running")
     instance = await c.plugins.default_instance("boom")

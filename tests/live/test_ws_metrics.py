@@ -35,7 +35,7 @@ async def recv(
 async def run(server: LiveServer, plugin_id: str, times: int = 1, **config: Any) -> None:
     c = server.components
     await c.plugins.set_enabled(
-        plugin_id, enabled=True, config={"collection_interval": 3600, **config}
+        plugin_id, tenant_id="default", enabled=True, config={"collection_interval": 3600, **config}
     )
     instance = await c.plugins.default_instance(plugin_id)
     for _ in range(times):

@@ -25,7 +25,7 @@ import structlog
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from unity.collection.cache_keys import detail_key, latest_key, status_key
+from unity.collection.cache_keys import plugin_keys
 from unity.collection.health import Health, HealthPolicy
 from unity.collection.models import PluginExecution, PluginStatus
 from unity.core.cache import Cache
@@ -333,11 +333,7 @@ class Pipeline:
             if after is not before:
                 row.health = after
                 row.health_changed_at = completed_at
-        await self._cache.delete(
-            status_key(instance.plugin_id),
-            latest_key(instance.plugin_id),
-            detail_key(instance.plugin_id),
-        )
+        await self._cache.delete(*plugin_keys(instance.plugin_id, instance.tenant_id))
         if after is not before:
             _log_transition(instance, before, after, error)
         return ExecutionResult(

@@ -24,7 +24,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import select
 
-from unity.collection.cache_keys import status_key
+from unity.collection.cache_keys import plugin_keys
 from unity.collection.health import Health, HealthPolicy
 from unity.collection.models import PluginStatus
 from unity.collection.pipeline import ExecutionResult, Pipeline, Publisher
@@ -146,7 +146,6 @@ class CollectionScheduler:
                 .join(PluginInstance, PluginStatus.instance_id == PluginInstance.id)
                 .join(Plugin, PluginInstance.plugin_pk == Plugin.id)
                 .where(
-                    Plugin.enabled.is_(True),
                     PluginInstance.enabled.is_(True),
                     PluginStatus.health.in_([Health.HEALTHY.value, Health.UNKNOWN.value]),
                 )
@@ -164,7 +163,7 @@ class CollectionScheduler:
             log.warning(
                 "plugin instance stale: no data", plugin_id=plugin_id, instance_id=str(instance_id)
             )
-            await self._cache.delete(status_key(plugin_id))
+            await self._cache.delete(*plugin_keys(plugin_id, tenant_id))
             if self.publish is not None:
                 await self.publish(
                     "plugin.health_changed",

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import case, func, select
 
-from unity.collection.cache_keys import SUMMARY_KEY, status_key
+from unity.collection.cache_keys import status_key, summary_key
 from unity.collection.health import Health, worst
 from unity.collection.models import PluginExecution, PluginStatus
 from unity.core.cache import Cache, CacheTTL
@@ -49,14 +49,14 @@ class CollectionService:
         self._ttl = ttl
         self._clock = clock
 
-    async def instance_statuses(self, plugin_id: str) -> list[InstanceStatusOut]:
-        """Status of each instance of ``plugin_id`` (no cache: the caller caches)."""
+    async def instance_statuses(self, plugin_id: str, tenant_id: str) -> list[InstanceStatusOut]:
+        """Status of each instance of ``plugin_id`` in a tenant (no cache: the caller caches)."""
         async with self._db.session() as session:
             rows = await session.execute(
                 select(PluginInstance, PluginStatus)
                 .join(Plugin, PluginInstance.plugin_pk == Plugin.id)
                 .outerjoin(PluginStatus, PluginStatus.instance_id == PluginInstance.id)
-                .where(Plugin.plugin_id == plugin_id)
+                .where(Plugin.plugin_id == plugin_id, PluginInstance.tenant_id == tenant_id)
                 .order_by(PluginInstance.name)
             )
             out = []
@@ -72,13 +72,14 @@ class CollectionService:
                 )
             return out
 
-    async def plugin_status(self, plugin_id: str, *, enabled: bool) -> PluginStatusOut:
+    async def plugin_status(self, plugin_id: str, *, tenant_id: str) -> PluginStatusOut:
         """The plugin's health (worst enabled instance), counters and latest execution."""
 
         async def build() -> dict[str, Any]:
-            instances = await self.instance_statuses(plugin_id)
+            instances = await self.instance_statuses(plugin_id, tenant_id)
             running = [Health(i.health) for i in instances if i.enabled]
-            executions, _ = await self.executions(plugin_id, limit=1)
+            enabled = bool(running)
+            executions, _ = await self.executions(plugin_id, tenant_id=tenant_id, limit=1)
             errored = sorted(
                 (i for i in instances if i.last_error_at is not None),
                 key=lambda i: i.last_error_at or since_epoch,
@@ -100,20 +101,24 @@ class CollectionService:
             )
             return status.model_dump(mode="json")
 
-        data = await self._cache.get_or_set(status_key(plugin_id), self._ttl.status_s, build)
+        data = await self._cache.get_or_set(
+            status_key(plugin_id, tenant_id), self._ttl.status_s, build
+        )
         return PluginStatusOut.model_validate(data)
 
     async def executions(
         self,
         plugin_id: str,
         *,
+        tenant_id: str,
         status: str | None = None,
         instance_id: uuid.UUID | None = None,
         skip: int = 0,
         limit: int = 50,
     ) -> tuple[list[ExecutionOut], int]:
-        """Executions of a plugin, newest first, and how many match."""
-        where = [PluginExecution.plugin_id == plugin_id]
+        """Executions of a plugin's instances in a tenant, newest first, and how many match."""
+        of_tenant = select(PluginInstance.id).where(PluginInstance.tenant_id == tenant_id)
+        where = [PluginExecution.plugin_id == plugin_id, PluginExecution.instance_id.in_(of_tenant)]
         if status is not None:
             where.append(PluginExecution.status == status)
         if instance_id is not None:
@@ -131,33 +136,41 @@ class CollectionService:
             )
             return [ExecutionOut.model_validate(r) for r in rows], int(total or 0)
 
-    async def summary(self) -> StatsSummary:
-        """Front-page figures (cached for the dashboard TTL)."""
+    async def summary(self, *, tenant_id: str) -> StatsSummary:
+        """Front-page figures of a tenant (cached for the dashboard TTL).
+
+        Series and sample counts are store-wide: the store counts rows, not tenants.
+        """
 
         async def build() -> dict[str, Any]:
             since = self._clock.now() - timedelta(hours=1)
             async with self._db.session() as session:
-                plugins_total, plugins_enabled, plugins_broken = (
+                plugins_total, plugins_broken = (
                     await session.execute(
                         select(
                             func.count(),
-                            func.coalesce(
-                                func.sum(case((Plugin.enabled.is_(True), 1), else_=0)), 0
-                            ),
                             func.coalesce(
                                 func.sum(case((Plugin.broken_error.is_not(None), 1), else_=0)), 0
                             ),
                         ).select_from(Plugin)
                     )
                 ).one()
+                plugins_enabled = await session.scalar(
+                    select(func.count(func.distinct(PluginInstance.plugin_pk))).where(
+                        PluginInstance.tenant_id == tenant_id, PluginInstance.enabled.is_(True)
+                    )
+                )
                 instances_total = await session.scalar(
-                    select(func.count()).select_from(PluginInstance)
+                    select(func.count())
+                    .select_from(PluginInstance)
+                    .where(PluginInstance.tenant_id == tenant_id)
                 )
                 by_health = {h.value: 0 for h in Health}
                 rows = await session.execute(
                     select(func.coalesce(PluginStatus.health, Health.UNKNOWN.value), func.count())
                     .select_from(PluginInstance)
                     .outerjoin(PluginStatus, PluginStatus.instance_id == PluginInstance.id)
+                    .where(PluginInstance.tenant_id == tenant_id)
                     .group_by(func.coalesce(PluginStatus.health, Health.UNKNOWN.value))
                 )
                 for health, count in rows:
@@ -169,12 +182,19 @@ class CollectionService:
                             func.coalesce(
                                 func.sum(case((PluginExecution.status == "success", 1), else_=0)), 0
                             ),
-                        ).where(PluginExecution.started_at >= since)
+                        ).where(
+                            PluginExecution.started_at >= since,
+                            PluginExecution.instance_id.in_(
+                                select(PluginInstance.id).where(
+                                    PluginInstance.tenant_id == tenant_id
+                                )
+                            ),
+                        )
                     )
                 ).one()
             summary = StatsSummary(
                 plugins_total=int(plugins_total),
-                plugins_enabled=int(plugins_enabled),
+                plugins_enabled=int(plugins_enabled or 0),
                 plugins_broken=int(plugins_broken),
                 instances_total=int(instances_total or 0),
                 instances_by_health=by_health,
@@ -188,5 +208,5 @@ class CollectionService:
             return summary.model_dump(mode="json")
 
         return StatsSummary.model_validate(
-            await self._cache.get_or_set(SUMMARY_KEY, self._ttl.dashboard_s, build)
+            await self._cache.get_or_set(summary_key(tenant_id), self._ttl.dashboard_s, build)
         )

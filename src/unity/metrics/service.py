@@ -38,14 +38,18 @@ class MetricsService:
         self._clock = clock
 
     async def latest(
-        self, plugin_id: str, *, instance_ids: list[uuid.UUID], limit: int = 100
+        self,
+        plugin_id: str,
+        *,
+        tenant_id: str,
+        instance_ids: list[uuid.UUID],
+        limit: int = 100,
     ) -> LatestMetricsOut:
-        """The newest value of each series of ``plugin_id`` (up to ``limit``) and its snapshot."""
+        """The newest value of each series of the tenant's instances of ``plugin_id`` (up to
+        ``limit``) and the newest snapshot among them."""
 
         async def build() -> dict[str, Any]:
-            series = await self._store.find_series(
-                source_kind="instance", plugin_id=plugin_id, limit=MAX_LATEST_SERIES
-            )
+            series = await self._series(plugin_id, instance_ids, limit=MAX_LATEST_SERIES)
             latest = await self._store.latest([s.id for s in series])
             samples = [
                 LatestSample(
@@ -74,7 +78,9 @@ class MetricsService:
             )
             return out.model_dump(mode="json")
 
-        data = await self._cache.get_or_set(latest_key(plugin_id), self._ttl.latest_s, build)
+        data = await self._cache.get_or_set(
+            latest_key(plugin_id, tenant_id), self._ttl.latest_s, build
+        )
         result = LatestMetricsOut.model_validate(data)
         result.metrics = result.metrics[:limit]
         return result
@@ -83,6 +89,7 @@ class MetricsService:
         self,
         plugin_id: str,
         *,
+        instance_ids: list[uuid.UUID],
         metric_name: str | None,
         start: datetime | None,
         end: datetime | None,
@@ -99,13 +106,9 @@ class MetricsService:
             raise BadRequestError("start must be before end")
         start_ms, end_ms = to_ms(start), to_ms(end)
         picked = resolution or pick_resolution(start_ms, end_ms)
-        series = await self._store.find_series(
-            source_kind="instance",
-            source_id=str(instance_id) if instance_id else None,
-            plugin_id=plugin_id,
-            name=metric_name,
-            labels=labels,
-            limit=MAX_HISTORY_SERIES,
+        allowed = [i for i in instance_ids if instance_id is None or i == instance_id]
+        series = await self._series(
+            plugin_id, allowed, name=metric_name, labels=labels, limit=MAX_HISTORY_SERIES
         )
         out: list[HistorySeries] = []
         for info in series:
@@ -121,6 +124,30 @@ class MetricsService:
             step_s=step_s,
             series=out,
         )
+
+    async def _series(
+        self,
+        plugin_id: str,
+        instance_ids: list[uuid.UUID],
+        *,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        limit: int,
+    ) -> list[SeriesInfo]:
+        """Series of the given instances of ``plugin_id``, at most ``limit`` in all."""
+        found: list[SeriesInfo] = []
+        for instance_id in instance_ids:
+            found += await self._store.find_series(
+                source_kind="instance",
+                source_id=str(instance_id),
+                plugin_id=plugin_id,
+                name=name,
+                labels=labels,
+                limit=limit - len(found),
+            )
+            if len(found) >= limit:
+                break
+        return found
 
 
 def _series_out(info: SeriesInfo, points: list[Point]) -> HistorySeries:

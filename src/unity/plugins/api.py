@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query
 
 from unity.core.pagination import Page, PageDep
 from unity.core.params import IsoDatetime
-from unity.deps import ComponentsDep
+from unity.deps import ComponentsDep, TenantDep
 from unity.errors import BadRequestError, problem_responses
 from unity.plugins.schemas import (
     CategoryOut,
@@ -36,6 +36,7 @@ PluginIdPath = Annotated[
 @router.get("", summary="List plugins")
 async def list_plugins(
     c: ComponentsDep,
+    tenant: TenantDep,
     page: PageDep,
     enabled: Annotated[
         bool | None, Query(description="Only enabled (or disabled) plugins.")
@@ -45,27 +46,32 @@ async def list_plugins(
 ) -> Page[PluginSummary]:
     """Every known plugin, built-in or third-party, broken ones included, by id."""
     items, total = await c.catalog.list_plugins(
-        enabled=enabled, category=category, kind=kind, skip=page.skip, limit=page.limit
+        tenant_id=tenant,
+        enabled=enabled,
+        category=category,
+        kind=kind,
+        skip=page.skip,
+        limit=page.limit,
     )
     return Page(items=items, total=total, skip=page.skip, limit=page.limit)
 
 
 @router.get("/stats/summary", summary="Summary figures")
-async def stats_summary(c: ComponentsDep) -> StatsSummary:
+async def stats_summary(c: ComponentsDep, tenant: TenantDep) -> StatsSummary:
     """Plugins, instances by health, stored data and last hour's executions."""
-    return await c.collection.summary()
+    return await c.collection.summary(tenant_id=tenant)
 
 
 @router.get("/categories/list", summary="Plugin categories")
-async def categories(c: ComponentsDep) -> list[CategoryOut]:
+async def categories(c: ComponentsDep, tenant: TenantDep) -> list[CategoryOut]:
     """Each category with how many plugins it holds and how many are enabled."""
-    return await c.catalog.categories()
+    return await c.catalog.categories(tenant_id=tenant)
 
 
 @router.get("/{plugin_id}", summary="Plugin details")
-async def get_plugin(c: ComponentsDep, plugin_id: PluginIdPath) -> PluginDetail:
+async def get_plugin(c: ComponentsDep, tenant: TenantDep, plugin_id: PluginIdPath) -> PluginDetail:
     """Manifest, config and its JSON Schema, declared metrics, instances with their health."""
-    return await c.catalog.detail(plugin_id)
+    return await c.catalog.detail(plugin_id, tenant_id=tenant)
 
 
 @router.post(
@@ -74,39 +80,45 @@ async def get_plugin(c: ComponentsDep, plugin_id: PluginIdPath) -> PluginDetail:
     responses=problem_responses(409),
 )
 async def enable_plugin(
-    c: ComponentsDep, plugin_id: PluginIdPath, body: EnableRequest
+    c: ComponentsDep, tenant: TenantDep, plugin_id: PluginIdPath, body: EnableRequest
 ) -> PluginDetail:
     """Enabling validates ``config`` against the plugin's schema (422 with the failing fields)
     and schedules its default instance at once; disabling unschedules it. No restart needed."""
-    await c.catalog.detail(plugin_id)  # 404 for an unknown id before anything changes
-    await c.plugins.set_enabled(plugin_id, enabled=body.enabled, config=body.config)
-    await c.catalog.invalidate(plugin_id)
-    return await c.catalog.detail(plugin_id)
+    await c.catalog.detail(plugin_id, tenant_id=tenant)  # 404 before anything changes
+    await c.plugins.set_enabled(
+        plugin_id, tenant_id=tenant, enabled=body.enabled, config=body.config
+    )
+    await c.catalog.invalidate(plugin_id, tenant)
+    return await c.catalog.detail(plugin_id, tenant_id=tenant)
 
 
 @router.get("/{plugin_id}/status", summary="Plugin health")
-async def plugin_status(c: ComponentsDep, plugin_id: PluginIdPath) -> PluginStatusOut:
+async def plugin_status(
+    c: ComponentsDep, tenant: TenantDep, plugin_id: PluginIdPath
+) -> PluginStatusOut:
     """Health (the worst of its enabled instances), error counts, last execution, success and error."""
-    detail = await c.catalog.detail(plugin_id)
-    return await c.collection.plugin_status(plugin_id, enabled=detail.enabled)
+    await c.catalog.detail(plugin_id, tenant_id=tenant)
+    return await c.collection.plugin_status(plugin_id, tenant_id=tenant)
 
 
 @router.get("/{plugin_id}/metrics", summary="Latest metrics")
 async def latest_metrics(
     c: ComponentsDep,
+    tenant: TenantDep,
     plugin_id: PluginIdPath,
     limit: Annotated[int, Query(ge=1, le=1000, description="Series to return.")] = 100,
 ) -> LatestMetricsOut:
     """The newest value of each of the plugin's series, and its latest snapshot."""
-    detail = await c.catalog.detail(plugin_id)
+    detail = await c.catalog.detail(plugin_id, tenant_id=tenant)
     return await c.metrics.latest(
-        plugin_id, instance_ids=[i.id for i in detail.instances], limit=limit
+        plugin_id, tenant_id=tenant, instance_ids=[i.id for i in detail.instances], limit=limit
     )
 
 
 @router.get("/{plugin_id}/metrics/history", summary="Metric history")
 async def metrics_history(
     c: ComponentsDep,
+    tenant: TenantDep,
     plugin_id: PluginIdPath,
     metric_name: Annotated[str | None, Query(max_length=200, examples=["cpu_percent"])] = None,
     hours: Annotated[
@@ -133,9 +145,10 @@ async def metrics_history(
 ) -> HistoryOut:
     """Points over a range. Raw samples for short spans, 1-minute or 1-hour rollups for longer
     ones, so a series stays under a few thousand points; ``step`` averages further."""
-    await c.catalog.detail(plugin_id)
+    detail = await c.catalog.detail(plugin_id, tenant_id=tenant)
     return await c.metrics.history(
         plugin_id,
+        instance_ids=[i.id for i in detail.instances],
         metric_name=metric_name,
         start=start,
         end=end,
@@ -150,6 +163,7 @@ async def metrics_history(
 @router.get("/{plugin_id}/executions", summary="Execution history")
 async def executions(
     c: ComponentsDep,
+    tenant: TenantDep,
     plugin_id: PluginIdPath,
     skip: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -157,9 +171,9 @@ async def executions(
     instance_id: Annotated[uuid.UUID | None, Query()] = None,
 ) -> Page[ExecutionOut]:
     """The plugin's executions, newest first."""
-    await c.catalog.detail(plugin_id)
+    await c.catalog.detail(plugin_id, tenant_id=tenant)
     items, total = await c.collection.executions(
-        plugin_id, status=status, instance_id=instance_id, skip=skip, limit=limit
+        plugin_id, tenant_id=tenant, status=status, instance_id=instance_id, skip=skip, limit=limit
     )
     return Page(items=items, total=total, skip=skip, limit=limit)
 

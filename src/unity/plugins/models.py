@@ -14,7 +14,11 @@ from unity.core.types import JSONType, UTCDateTime, UUIDType, new_id
 
 
 class Plugin(Base):
-    """A plugin Unity knows about (built-in, from an entry point, or installed)."""
+    """A plugin Unity knows about (built-in, from an entry point, or installed).
+
+    The plugin is code, shared by every tenant; whether it runs, and with which config,
+    belongs to each tenant's instances.
+    """
 
     __tablename__ = "plugins"
 
@@ -28,8 +32,6 @@ class Plugin(Base):
     source: Mapped[str] = mapped_column(String(20))  # builtin | entrypoint | installed
     verified: Mapped[bool] = mapped_column(Boolean, default=False)
     manifest: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
-    enabled: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
-    config: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     config_schema: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     broken_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -16,16 +16,10 @@ import structlog
 from pydantic import ValidationError
 from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
 from sqlalchemy.sql.elements import ColumnElement
 
-from unity.collection.cache_keys import (
-    CATEGORIES_KEY,
-    SUMMARY_KEY,
-    detail_key,
-    latest_key,
-    status_key,
-)
+from unity.auth.principal import DEFAULT_TENANT
+from unity.collection.cache_keys import categories_key, dashboard_keys, detail_key, plugin_keys
 from unity.collection.health import Health, worst
 from unity.collection.models import PluginStatus
 from unity.core.cache import Cache, CacheTTL
@@ -127,9 +121,7 @@ class PluginService:
                     "broken_error": spec.error,
                 }
                 if row is None:
-                    row = Plugin(
-                        plugin_id=spec.plugin_id, enabled=False, config={}, created_at=now, **values
-                    )
+                    row = Plugin(plugin_id=spec.plugin_id, created_at=now, **values)
                     session.add(row)
                 else:
                     for key, value in values.items():
@@ -139,115 +131,118 @@ class PluginService:
             for plugin_id in autoenable:
                 spec = self._registry.get(plugin_id)
                 if not spec.broken:
-                    await self.set_enabled(plugin_id, enabled=True)
+                    await self.set_enabled(plugin_id, tenant_id=DEFAULT_TENANT, enabled=True)
 
     async def set_enabled(
-        self, plugin_id: str, *, enabled: bool, config: dict[str, Any] | None = None
-    ) -> Plugin:
-        """Enable or disable a plugin; enabling creates (or updates) its default instance.
+        self,
+        plugin_id: str,
+        *,
+        tenant_id: str,
+        enabled: bool,
+        config: dict[str, Any] | None = None,
+    ) -> InstanceRef:
+        """Enable or disable a plugin for a tenant: its default instance in that tenant.
 
-        ``config`` replaces the plugin's config and the default instance's config after it
-        validates; it takes effect at once through ``on_instance_changed``.
+        Enabling creates the instance when needed. ``config`` (validated against the
+        plugin's model; 422 otherwise) replaces the instance's config. Either takes effect
+        at once through ``on_instance_changed``.
         """
         spec = self._registry.get(plugin_id)
         if enabled and spec.broken:
             raise ConflictError(f"plugin {plugin_id} is broken and cannot be enabled: {spec.error}")
-        validated = validate_config(spec, config or {}) if config is not None or enabled else None
         now = self._clock.now()
-        changed: list[uuid.UUID] = []
         async with self._db.session() as session:
-            plugin = await session.scalar(
-                select(Plugin)
-                .where(Plugin.plugin_id == plugin_id)
-                .options(selectinload(Plugin.instances))
-            )
-            if plugin is None:  # discovered after start-up: add the row now
-                await self.sync_catalog()
-                plugin = await session.scalar(
-                    select(Plugin)
-                    .where(Plugin.plugin_id == plugin_id)
-                    .options(selectinload(Plugin.instances))
+            plugin = await self._plugin_row(session, plugin_id)
+            instance = await session.scalar(
+                select(PluginInstance).where(
+                    PluginInstance.plugin_pk == plugin.id,
+                    PluginInstance.tenant_id == tenant_id,
+                    PluginInstance.name == DEFAULT_INSTANCE,
                 )
-                assert plugin is not None
-            plugin.enabled = enabled
-            plugin.updated_at = now
-            if config is not None and validated is not None:
-                plugin.config = validated.model_dump(mode="json", exclude_unset=True)
-            if enabled and validated is not None:
-                default = next((i for i in plugin.instances if i.name == DEFAULT_INSTANCE), None)
-                if default is None:
-                    default = PluginInstance(
-                        plugin_pk=plugin.id,
-                        tenant_id="default",
-                        name=DEFAULT_INSTANCE,
-                        enabled=True,
-                        created_at=now,
-                        config={},
-                        interval_s=validated.collection_interval,
-                    )
-                    session.add(default)
-                    plugin.instances.append(default)
-                if config is not None or not default.config:
-                    default.config = dict(plugin.config)
-                    default.interval_s = validated.collection_interval
-                default.updated_at = now
-                await session.flush()
-            changed = [i.id for i in plugin.instances]
-        for instance_id in changed:
-            await self._notify(instance_id)
-        log.info("plugin enabled" if enabled else "plugin disabled", plugin_id=plugin_id)
-        return plugin
+            )
+            current = dict(instance.config) if instance is not None else {}
+            new_config = config if config is not None else current
+            validated = (
+                validate_config(spec, new_config) if (enabled or config is not None) else None
+            )
+            if instance is None:
+                instance = PluginInstance(
+                    plugin_pk=plugin.id,
+                    tenant_id=tenant_id,
+                    name=DEFAULT_INSTANCE,
+                    created_at=now,
+                )
+                session.add(instance)
+            instance.enabled = enabled
+            if validated is not None:
+                instance.config = validated.model_dump(mode="json", exclude_unset=True)
+                instance.interval_s = validated.collection_interval
+            elif instance.interval_s is None:
+                instance.interval_s = PluginConfig().collection_interval
+            if instance.config is None:
+                instance.config = {}
+            instance.updated_at = now
+            await session.flush()
+            ref = _ref(instance, plugin_id)
+        await self._notify(ref.id)
+        log.info(
+            "plugin enabled" if enabled else "plugin disabled",
+            plugin_id=plugin_id,
+            tenant_id=tenant_id,
+        )
+        return ref
 
     async def runnable_instances(self) -> list[InstanceRef]:
-        """Every enabled instance of every enabled, working plugin."""
+        """Every enabled instance of a working plugin, all tenants."""
         async with self._db.session() as session:
             rows = await session.execute(
                 select(PluginInstance, Plugin.plugin_id)
                 .join(Plugin, PluginInstance.plugin_pk == Plugin.id)
-                .where(Plugin.enabled.is_(True), PluginInstance.enabled.is_(True))
+                .where(PluginInstance.enabled.is_(True))
             )
             refs = [_ref(instance, plugin_id) for instance, plugin_id in rows]
         return [r for r in refs if self._is_runnable(r.plugin_id)]
 
     async def instance(self, instance_id: uuid.UUID) -> tuple[InstanceRef, bool] | None:
-        """The instance and whether it should run now (plugin and instance enabled, not broken)."""
+        """The instance and whether it should run now (enabled, plugin not broken)."""
         async with self._db.session() as session:
             row = (
                 await session.execute(
-                    select(PluginInstance, Plugin.plugin_id, Plugin.enabled)
+                    select(PluginInstance, Plugin.plugin_id)
                     .join(Plugin, PluginInstance.plugin_pk == Plugin.id)
                     .where(PluginInstance.id == instance_id)
                 )
             ).first()
         if row is None:
             return None
-        instance, plugin_id, plugin_enabled = row
-        ref = _ref(instance, plugin_id)
-        return ref, bool(plugin_enabled and instance.enabled and self._is_runnable(plugin_id))
+        instance, plugin_id = row
+        return _ref(instance, plugin_id), bool(instance.enabled and self._is_runnable(plugin_id))
 
-    async def default_instance(self, plugin_id: str) -> InstanceRef:
-        """The plugin's default instance, created (disabled) if it has none yet."""
+    async def default_instance(
+        self, plugin_id: str, tenant_id: str = DEFAULT_TENANT
+    ) -> InstanceRef:
+        """The plugin's default instance in ``tenant_id``, created (disabled) if missing."""
         spec = self._registry.get(plugin_id)
         if spec.broken:
             raise ConflictError(f"plugin {plugin_id} is broken: {spec.error}")
         now = self._clock.now()
         async with self._db.session() as session:
-            plugin = await session.scalar(select(Plugin).where(Plugin.plugin_id == plugin_id))
-            if plugin is None:
-                raise ConflictError(f"plugin {plugin_id} is not in the catalog yet")
+            plugin = await self._plugin_row(session, plugin_id)
             instance = await session.scalar(
                 select(PluginInstance).where(
-                    PluginInstance.plugin_pk == plugin.id, PluginInstance.name == DEFAULT_INSTANCE
+                    PluginInstance.plugin_pk == plugin.id,
+                    PluginInstance.tenant_id == tenant_id,
+                    PluginInstance.name == DEFAULT_INSTANCE,
                 )
             )
             if instance is None:
-                config = validate_config(spec, dict(plugin.config))
+                config = validate_config(spec, {})
                 instance = PluginInstance(
                     plugin_pk=plugin.id,
-                    tenant_id="default",
+                    tenant_id=tenant_id,
                     name=DEFAULT_INSTANCE,
                     enabled=False,
-                    config=dict(plugin.config),
+                    config={},
                     interval_s=config.collection_interval,
                     created_at=now,
                     updated_at=now,
@@ -255,6 +250,12 @@ class PluginService:
                 session.add(instance)
                 await session.flush()
             return _ref(instance, plugin_id)
+
+    async def _plugin_row(self, session: AsyncSession, plugin_id: str) -> Plugin:
+        plugin = await session.scalar(select(Plugin).where(Plugin.plugin_id == plugin_id))
+        if plugin is None:
+            raise NotFoundError(f"unknown plugin {plugin_id!r}")
+        return plugin
 
     def _is_runnable(self, plugin_id: str) -> bool:
         try:
@@ -268,7 +269,7 @@ class PluginService:
 
 
 class PluginCatalog:
-    """Read side of the catalog for the API: lists, details, categories (cached)."""
+    """Read side of the catalog for the API, as one tenant sees it (cached per tenant)."""
 
     def __init__(
         self, *, database: Database, registry: PluginRegistry, cache: Cache, ttl: CacheTTL
@@ -281,6 +282,7 @@ class PluginCatalog:
     async def list_plugins(
         self,
         *,
+        tenant_id: str,
         enabled: bool | None = None,
         category: str | None = None,
         kind: str | None = None,
@@ -290,7 +292,8 @@ class PluginCatalog:
         """Plugins matching the filters, by id, and how many match."""
         where: list[ColumnElement[bool]] = []
         if enabled is not None:
-            where.append(Plugin.enabled.is_(enabled))
+            runs = _enabled_in(tenant_id)
+            where.append(runs if enabled else ~runs)
         if category is not None:
             where.append(Plugin.category == category)
         if kind is not None:
@@ -306,54 +309,39 @@ class PluginCatalog:
                     .limit(limit)
                 )
             )
-            healths = await self._instance_healths(session, [p.id for p in plugins])
-        return [self._summary(p, healths.get(p.id, [])) for p in plugins], int(total or 0)
+            instances = await self._instances(session, [p.id for p in plugins], tenant_id)
+        items = [self._summary(p, instances.get(p.id, [])) for p in plugins]
+        return items, int(total or 0)
 
-    async def detail(self, plugin_id: str) -> PluginDetail:
-        """One plugin with its manifest, schema, metrics and instances; 404 if unknown."""
+    async def detail(self, plugin_id: str, *, tenant_id: str) -> PluginDetail:
+        """One plugin with its manifest, schema, metrics and the tenant's instances; 404 if unknown."""
 
         async def build() -> dict[str, Any]:
             async with self._db.session() as session:
                 plugin = await session.scalar(select(Plugin).where(Plugin.plugin_id == plugin_id))
                 if plugin is None:
                     raise NotFoundError(f"unknown plugin {plugin_id!r}")
-                rows = await session.execute(
-                    select(PluginInstance, PluginStatus)
-                    .outerjoin(PluginStatus, PluginStatus.instance_id == PluginInstance.id)
-                    .where(PluginInstance.plugin_pk == plugin.id)
-                    .order_by(PluginInstance.name)
+                instances = (await self._instances(session, [plugin.id], tenant_id)).get(
+                    plugin.id, []
                 )
-                instances = [
-                    InstanceOut(
-                        id=i.id,
-                        name=i.name,
-                        tenant_id=i.tenant_id,
-                        enabled=i.enabled,
-                        interval_s=i.interval_s,
-                        config=i.config,
-                        status=StatusOut.model_validate(s) if s is not None else StatusOut(),
-                    )
-                    for i, s in rows
-                ]
-            summary = self._summary(
-                plugin, [Health(i.status.health) for i in instances if i.enabled]
-            )
+            default = next((i for i in instances if i.name == DEFAULT_INSTANCE), None)
             detail = PluginDetail(
-                **summary.model_dump(),
+                **self._summary(plugin, instances).model_dump(),
                 manifest=plugin.manifest,
-                config=plugin.config,
+                config=default.config if default else {},
                 config_schema=plugin.config_schema,
                 metrics=self._metrics(plugin_id),
                 instances=instances,
             )
             return detail.model_dump(mode="json")
 
+        key = detail_key(plugin_id, tenant_id)
         return PluginDetail.model_validate(
-            await self._cache.get_or_set(detail_key(plugin_id), self._ttl.status_s, build)
+            await self._cache.get_or_set(key, self._ttl.status_s, build)
         )
 
-    async def categories(self) -> list[CategoryOut]:
-        """Each category with its plugin counts."""
+    async def categories(self, *, tenant_id: str) -> list[CategoryOut]:
+        """Each category with its plugin counts (enabled: for this tenant)."""
 
         async def build() -> list[dict[str, Any]]:
             async with self._db.session() as session:
@@ -361,7 +349,7 @@ class PluginCatalog:
                     select(
                         Plugin.category,
                         func.count(),
-                        func.coalesce(func.sum(case((Plugin.enabled.is_(True), 1), else_=0)), 0),
+                        func.coalesce(func.sum(case((_enabled_in(tenant_id), 1), else_=0)), 0),
                     )
                     .group_by(Plugin.category)
                     .order_by(Plugin.category)
@@ -371,18 +359,12 @@ class PluginCatalog:
                     for c, n, e in rows
                 ]
 
-        data = await self._cache.get_or_set(CATEGORIES_KEY, self._ttl.dashboard_s, build)
+        data = await self._cache.get_or_set(categories_key(tenant_id), self._ttl.dashboard_s, build)
         return [CategoryOut.model_validate(d) for d in data]
 
-    async def invalidate(self, plugin_id: str) -> None:
-        """Forget cached reads about ``plugin_id`` (it was enabled, disabled or reconfigured)."""
-        await self._cache.delete(
-            detail_key(plugin_id),
-            status_key(plugin_id),
-            latest_key(plugin_id),
-            CATEGORIES_KEY,
-            SUMMARY_KEY,
-        )
+    async def invalidate(self, plugin_id: str, tenant_id: str) -> None:
+        """Forget cached reads about ``plugin_id`` in a tenant (enabled, disabled, reconfigured)."""
+        await self._cache.delete(*plugin_keys(plugin_id, tenant_id), *dashboard_keys(tenant_id))
 
     def _metrics(self, plugin_id: str) -> list[MetricInfo]:
         try:
@@ -402,24 +384,36 @@ class PluginCatalog:
         ]
 
     @staticmethod
-    async def _instance_healths(
-        session: AsyncSession, plugin_pks: list[uuid.UUID]
-    ) -> dict[uuid.UUID, list[Health]]:
+    async def _instances(
+        session: AsyncSession, plugin_pks: list[uuid.UUID], tenant_id: str
+    ) -> dict[uuid.UUID, list[InstanceOut]]:
         if not plugin_pks:
             return {}
         rows = await session.execute(
-            select(PluginInstance.plugin_pk, PluginStatus.health)
+            select(PluginInstance, PluginStatus)
             .outerjoin(PluginStatus, PluginStatus.instance_id == PluginInstance.id)
-            .where(PluginInstance.plugin_pk.in_(plugin_pks), PluginInstance.enabled.is_(True))
+            .where(PluginInstance.plugin_pk.in_(plugin_pks), PluginInstance.tenant_id == tenant_id)
+            .order_by(PluginInstance.name)
         )
-        out: dict[uuid.UUID, list[Health]] = {}
-        for pk, health in rows:
-            out.setdefault(pk, []).append(Health(health or Health.UNKNOWN.value))
+        out: dict[uuid.UUID, list[InstanceOut]] = {}
+        for instance, status in rows:
+            out.setdefault(instance.plugin_pk, []).append(
+                InstanceOut(
+                    id=instance.id,
+                    name=instance.name,
+                    tenant_id=instance.tenant_id,
+                    enabled=instance.enabled,
+                    interval_s=instance.interval_s,
+                    config=instance.config,
+                    status=StatusOut.model_validate(status) if status is not None else StatusOut(),
+                )
+            )
         return out
 
     @staticmethod
-    def _summary(plugin: Plugin, healths: list[Health]) -> PluginSummary:
-        shown = worst(healths) if plugin.enabled else None
+    def _summary(plugin: Plugin, instances: list[InstanceOut]) -> PluginSummary:
+        running = [Health(i.status.health) for i in instances if i.enabled]
+        shown = worst(running)
         return PluginSummary(
             plugin_id=plugin.plugin_id,
             name=plugin.name,
@@ -429,9 +423,22 @@ class PluginCatalog:
             description=plugin.description,
             source=plugin.source,
             verified=plugin.verified,
-            enabled=plugin.enabled,
+            enabled=bool(running),
             broken=plugin.broken_error is not None,
             error=plugin.broken_error,
-            instance_count=len(healths),
+            instance_count=len(instances),
             health=shown.value if shown else None,
         )
+
+
+def _enabled_in(tenant_id: str) -> ColumnElement[bool]:
+    """SQL: the plugin has an enabled instance in ``tenant_id``."""
+    return (
+        select(PluginInstance.id)
+        .where(
+            PluginInstance.plugin_pk == Plugin.id,
+            PluginInstance.tenant_id == tenant_id,
+            PluginInstance.enabled.is_(True),
+        )
+        .exists()
+    )

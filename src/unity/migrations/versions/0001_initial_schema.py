@@ -71,12 +71,6 @@ def upgrade() -> None:
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
-        sa.Column("enabled", sa.Boolean(), nullable=False),
-        sa.Column(
-            "config",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
-        ),
         sa.Column(
             "config_schema",
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
@@ -90,7 +84,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("plugins", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_plugins_category"), ["category"], unique=False)
-        batch_op.create_index(batch_op.f("ix_plugins_enabled"), ["enabled"], unique=False)
         batch_op.create_index(batch_op.f("ix_plugins_kind"), ["kind"], unique=False)
 
     op.create_table(
@@ -365,7 +358,6 @@ def downgrade() -> None:
     op.drop_table("samples")
     with op.batch_alter_table("plugins", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_plugins_kind"))
-        batch_op.drop_index(batch_op.f("ix_plugins_enabled"))
         batch_op.drop_index(batch_op.f("ix_plugins_category"))
 
     op.drop_table("plugins")

@@ -1,0 +1,1 @@
+"""Authentication and authorisation: API keys, scopes, tenants, rate limits, audit."""
