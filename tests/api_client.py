@@ -19,7 +19,8 @@ from unity.config import Settings
 async def app_client(
     tmp_path: Path, **settings: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Components]]:
-    """The app with the test plugins, its lifespan running, and a client bound to it."""
+    """The app with the test plugins, its lifespan running, and a client bound to it that
+    sends the admin key."""
     values: dict[str, Any] = {
         "data_dir": tmp_path / "data",
         "autoenable_plugins": [],
@@ -29,6 +30,12 @@ async def app_client(
     }
     app = create_app(Settings(**values), registry=make_registry())
     async with app.router.lifespan_context(app):
+        components: Components = app.state.components
+        assert components.admin_key is not None  # a new database: the admin key was just made
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://unity.test") as client:
-            yield client, app.state.components
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://unity.test",
+            headers={"authorization": f"Bearer {components.admin_key}"},
+        ) as client:
+            yield client, components

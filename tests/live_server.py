@@ -29,6 +29,18 @@ class LiveServer:
         self.ws = f"ws://127.0.0.1:{port}"
 
     @property
+    def key(self) -> str:
+        """The admin key made at start-up."""
+        key = self.components.admin_key
+        assert key is not None
+        return key
+
+    def ws_url(self, path: str, *, key: str | None = None, **params: object) -> str:
+        """A WebSocket URL on this server, authenticated with ``key`` (default: admin)."""
+        query = "&".join(f"{k}={v}" for k, v in {"token": key or self.key, **params}.items())
+        return f"{self.ws}{path}?{query}"
+
+    @property
     def components(self) -> Components:
         app: Any = self.server.config.app
         components: Components = app.state.components

@@ -86,6 +86,15 @@ class UnityProcess:
             time.sleep(0.1)
         raise RuntimeError(f"unity did not become healthy:\n{self.log()}")
 
+    @property
+    def key(self) -> str:
+        """The admin key this server wrote on its first start."""
+        return (self.data_dir / "admin.key").read_text().strip()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.key}"}
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)

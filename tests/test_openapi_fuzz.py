@@ -20,12 +20,23 @@ def test_openapi_conformance(tmp_path: Path) -> None:
     server = UnityProcess(
         tmp_path / "data",
         enable={"steady": '{"collection_interval": 1}', "boom": '{"collection_interval": 1}'},
+        # Thousands of requests in seconds, many with deliberately wrong keys: the per-key
+        # and the brute-force limits would turn most answers into 429s.
+        env={
+            "UNITY_DEFAULT_RATE_LIMIT_PER_MINUTE": "1000000",
+            "UNITY_RATE_LIMIT_FAILED_AUTH_PER_MINUTE": "1000000",
+        },
     )
     server.start()
     try:
         # some data and executions exist, so reads return full shapes
         wait_for(
-            lambda: httpx.get(f"{server.url}/api/plugins/steady/executions").json()["total"] >= 2,
+            lambda: (
+                httpx.get(
+                    f"{server.url}/api/plugins/steady/executions", headers=server.headers
+                ).json()["total"]
+                >= 2
+            ),
             30,
             "two executions",
         )

@@ -18,9 +18,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from unity import __version__
+from unity.auth import api as auth_api
+from unity.auth.audit import AuditMiddleware
+from unity.auth.principal import Principal, RateLimits
+from unity.auth.ratelimit import RateLimiter, RateLimitMiddleware
+from unity.auth.usage import UsageMiddleware
 from unity.components import Components, build_components, close_components
 from unity.config import Settings
 from unity.core.clock import Clock
+from unity.core.http_security import install_http_security
 from unity.errors import DatabaseError, install_error_handlers, use_problem_media_type
 from unity.live import hub as live_hub
 from unity.metrics import prometheus
@@ -59,10 +65,16 @@ def create_app(
             database=components.database.dialect,
             role=settings.role,
         )
+        if components.admin_key is not None:
+            log.warning(
+                "created the admin API key; it is shown only now and kept in the data dir",
+                path=str(settings.data_dir / "admin.key"),
+            )
         try:
             yield
         finally:
             await close_components(components)
+            await limiter.aclose()
             log.info("unity stopped")
 
     app = FastAPI(
@@ -72,6 +84,29 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    limiter = RateLimiter(
+        storage_url=settings.redis_url,
+        failed_auth_per_minute=settings.rate_limit_failed_auth_per_minute,
+        default_limits=RateLimits(
+            settings.default_rate_limit_per_minute,
+            settings.default_rate_limit_per_hour,
+            settings.default_rate_limit_per_day,
+        ),
+        retry_interval_s=settings.redis_retry_interval_s,
+        clock=clock,
+    )
+    app.state.rate_limiter = limiter
+
+    async def authenticate(secret: str) -> Principal:
+        # The key service exists once the lifespan has built the components.
+        components: Components = app.state.components
+        return await components.keys.authenticate(secret)
+
+    # Added innermost first: security headers, CORS, rate limit, usage, audit, routes.
+    app.add_middleware(AuditMiddleware)
+    app.add_middleware(UsageMiddleware)
+    app.add_middleware(RateLimitMiddleware, limiter=limiter, authenticate=authenticate)
+    install_http_security(app, cors_origins=settings.cors_origins)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -88,6 +123,8 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(plugins_api.router)
+    for router in auth_api.routers:
+        app.include_router(router)
     app.include_router(prometheus.router)
     app.include_router(live_hub.router)
 

@@ -17,8 +17,19 @@ from rich.table import Table
 
 from unity import __version__
 from unity.app import create_app
+from unity.auth.cli import (
+    create_key,
+    created_details,
+    keys_table,
+    list_keys,
+    parse_scopes,
+    revoke_key,
+)
+from unity.auth.principal import DEFAULT_TENANT
+from unity.auth.service import KeyService
 from unity.components import build_components, close_components
 from unity.config import Role, Settings, load_settings
+from unity.core.clock import SystemClock
 from unity.core.db import Database
 from unity.core.logs import configure_logging
 from unity.core.migrations import current_revision, head_revision, upgrade
@@ -28,8 +39,10 @@ from unity.plugins.registry import PluginRegistry
 app = typer.Typer(help="Unity: self-hosted monitoring and automation hub.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 plugins_app = typer.Typer(help="Discover and run plugins.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(plugins_app, name="plugins")
+app.add_typer(keys_app, name="keys")
 
 console = Console()
 err = Console(stderr=True)
@@ -97,13 +110,21 @@ def serve(
     configure_logging(settings.log_format, settings.log_level)
     _check_port(settings.host, settings.port)
     try:
-        asyncio.run(_migrate(settings))
+        admin_key = asyncio.run(_prepare(settings))
     except UnityError as exc:
         _fail(exc.detail, code=2)
     url = f"http://{settings.host}:{settings.port}"
-    err.print(
-        f"[bold green]Unity {__version__}[/] on {url}  (API docs: {url}/docs)", highlight=False
-    )
+    err.print(f"[bold green]Unity {__version__}[/] on {url}", highlight=False)
+    err.print(f"  API docs: {url}/docs", highlight=False)
+    key_file = (settings.data_dir / "admin.key").resolve()
+    if admin_key is not None:
+        err.print(
+            f"  admin API key (shown only now; kept in {key_file}, mode 0600):\n    {admin_key}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        err.print(f"  admin API key: in {key_file}", highlight=False, soft_wrap=True)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -116,11 +137,14 @@ def serve(
     )
 
 
-async def _migrate(settings: Settings) -> None:
+async def _prepare(settings: Settings) -> str | None:
+    """Migrate, and on first start make the admin key (returned so it can be printed once)."""
     database = Database(settings.effective_database_url)
     try:
         await database.ping()
         await upgrade(database)
+        keys = KeyService(database=database, clock=SystemClock())
+        return await keys.ensure_admin_key(settings.data_dir)
     finally:
         await database.dispose()
 
@@ -150,6 +174,73 @@ def db_upgrade(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
         console.print(f"Database already at revision {after}.")
     else:
         console.print(f"Database migrated from {before or 'empty'} to {after}.")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="What the key is for.")],
+    scopes: Annotated[
+        str, typer.Option("--scopes", help="Comma-separated, e.g. plugins:read,metrics:read.")
+    ],
+    tenant: Annotated[str, typer.Option("--tenant", help="The key's tenant.")] = DEFAULT_TENANT,
+    expires_in: Annotated[
+        str | None, typer.Option("--expires-in", help="Lifetime such as 30d or 12h.")
+    ] = None,
+    description: Annotated[str | None, typer.Option("--description")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create an API key; its secret goes to stdout, once (KEY=$(unity keys create ...))."""
+    settings = _settings(config, data_dir=data_dir)
+    configure_logging(settings.log_format, "WARNING")
+    try:
+        key, secret = asyncio.run(
+            create_key(
+                settings,
+                name=name,
+                scopes=parse_scopes(scopes),
+                tenant=tenant,
+                expires_in=expires_in,
+                description=description,
+            )
+        )
+    except UnityError as exc:
+        _fail(exc.detail, code=2)
+    console.print(secret, highlight=False, soft_wrap=True)
+    err.print(created_details(key))
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's keys.")] = None,
+    revoked: Annotated[bool, typer.Option("--revoked", help="Include revoked keys.")] = False,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """List API keys (never their secrets)."""
+    settings = _settings(config, data_dir=data_dir)
+    configure_logging(settings.log_format, "WARNING")
+    try:
+        keys = asyncio.run(list_keys(settings, tenant=tenant, include_revoked=revoked))
+    except UnityError as exc:
+        _fail(exc.detail, code=2)
+    console.print(keys_table(keys))
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    reference: Annotated[str, typer.Argument(help="The key's id or its prefix (unity_XXXXXXXX).")],
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Revoke a key at once (a running server notices within its key cache TTL, 5 s)."""
+    settings = _settings(config, data_dir=data_dir)
+    configure_logging(settings.log_format, "WARNING")
+    try:
+        key = asyncio.run(revoke_key(settings, reference))
+    except UnityError as exc:
+        _fail(exc.detail, code=2)
+    console.print(f"Revoked {key.prefix} ({key.name}).", highlight=False)
 
 
 @plugins_app.command("list")

@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 
 from unity import __version__
+from unity.auth.audit import AuditService
+from unity.auth.service import KeyService, TenantService
 from unity.collection.health import HealthPolicy
 from unity.collection.pipeline import Pipeline
 from unity.collection.scheduler import CollectionScheduler
@@ -30,6 +32,9 @@ from unity.metrics.store import MetricStore, create_store
 from unity.metrics.writer import BatchWriter
 from unity.plugins.registry import PluginRegistry
 from unity.plugins.service import PluginCatalog, PluginService
+
+#: How often the scheduler prunes audit rows past their retention.
+AUDIT_PRUNE_INTERVAL_S = 3600.0
 
 
 @dataclass(slots=True)
@@ -52,6 +57,11 @@ class Components:
     metrics: MetricsService
     bus: EventBus
     hub: LiveHub
+    keys: KeyService
+    tenants: TenantService
+    audit: AuditService
+    admin_key: str | None
+    """The admin key created at this start (first start only), to print once."""
 
 
 async def build_components(
@@ -98,6 +108,22 @@ async def build_components(
     http = httpx.AsyncClient(
         headers={"user-agent": f"Unity/{__version__}"}, timeout=httpx.Timeout(10.0)
     )
+    keys = KeyService(
+        database=database,
+        clock=clock,
+        publish=publish,
+        cache_ttl_s=settings.key_cache_ttl_s,
+        flush_interval_s=settings.key_usage_flush_interval_s,
+    )
+    await keys.start()
+    audit = AuditService(
+        database=database,
+        clock=clock,
+        retention_days=settings.audit_retention_days,
+        flush_interval_s=settings.audit_flush_interval_s,
+    )
+    await audit.start()
+    admin_key = await keys.ensure_admin_key(settings.data_dir)
     policy = HealthPolicy(
         degraded_after=settings.degraded_after_errors,
         failing_after=settings.failing_after_errors,
@@ -128,6 +154,7 @@ async def build_components(
             stale_check_interval_s=settings.stale_check_interval_s,
             spread_first_runs=settings.scheduler_jitter,
             publish=publish,
+            maintenance=[("unity:audit-prune", AUDIT_PRUNE_INTERVAL_S, audit.prune_expired)],
         )
         plugins.on_instance_changed = scheduler.sync_instance
         await scheduler.start()
@@ -155,7 +182,12 @@ async def build_components(
             clock=clock,
             heartbeat_s=settings.ws_heartbeat_s,
             queue_size=settings.ws_queue_size,
+            authenticate=keys.authenticate,
         ),
+        keys=keys,
+        tenants=TenantService(database=database, clock=clock),
+        audit=audit,
+        admin_key=admin_key,
     )
 
 
@@ -165,6 +197,8 @@ async def close_components(components: Components) -> None:
         await components.scheduler.shutdown()
     await components.pipeline.close()
     await components.writer.stop()
+    await components.audit.stop()
+    await components.keys.stop()
     await components.http.aclose()
     await components.bus.close()
     await components.cache.close()

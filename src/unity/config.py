@@ -73,6 +73,29 @@ class Settings(BaseSettings):
         default=10_000, ge=100, description="Events kept for replay after a reconnect."
     )
 
+    # security
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the API (CORS off when empty).",
+    )
+    default_rate_limit_per_minute: int | None = Field(
+        default=600, ge=1, description="Per-key limit for keys that set none; null for no limit."
+    )
+    default_rate_limit_per_hour: int | None = Field(default=None, ge=1)
+    default_rate_limit_per_day: int | None = Field(default=None, ge=1)
+    rate_limit_failed_auth_per_minute: int = Field(
+        default=20, ge=1, description="Requests with a wrong key allowed per client address."
+    )
+    key_cache_ttl_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=5,
+        description="How long a revocation can take to reach other processes.",
+    )
+    key_usage_flush_interval_s: float = Field(default=5.0, gt=0)
+    audit_retention_days: int = Field(default=90, ge=1)
+    audit_flush_interval_s: float = Field(default=1.0, gt=0)
+
     # cache TTLs (seconds)
     cache_ttl_latest_s: int = 300
     cache_ttl_dashboard_s: int = 60

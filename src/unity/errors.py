@@ -17,8 +17,9 @@ Library errors are translated where they enter Unity (``raise X(...) from exc``)
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,6 +35,7 @@ class UnityError(Exception):
 
     status_code = 500
     title = "Internal error"
+    headers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -150,15 +152,41 @@ def problem(status: int, title: str, detail: str | None = None, **extra: Any) ->
 
 async def _unity_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, UnityError)
-    return problem(exc.status_code, exc.title, exc.detail, **exc.extra)
+    response = problem(exc.status_code, exc.title, exc.detail, **exc.extra)
+    response.headers.update(exc.headers)
+    return response
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     response = problem(exc.status_code, _reason(exc.status_code), str(exc.detail))
     if exc.headers:
         response.headers.update(exc.headers)
+    if exc.status_code == 405:
+        # Starlette lists only the first matching route's methods; list the resource's.
+        allowed = allowed_methods(request.app.openapi(), request.url.path)
+        if allowed:
+            response.headers["allow"] = ", ".join(allowed)
     return response
+
+
+def allowed_methods(openapi: dict[str, Any], path: str) -> list[str]:
+    """The methods the OpenAPI document gives the resource at ``path``.
+
+    A literal path (``/api/keys/me``) wins over templates it also matches (``/{key_id}``).
+    """
+    paths: dict[str, dict[str, Any]] = openapi.get("paths", {})
+    if path in paths:
+        return sorted(m.upper() for m in paths[path] if m.lower() in _HTTP_METHODS)
+    methods: set[str] = set()
+    for template, operations in paths.items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, path):
+            methods.update(m.upper() for m in operations if m.lower() in _HTTP_METHODS)
+    return sorted(methods)
+
+
+_HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

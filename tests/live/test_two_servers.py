@@ -22,7 +22,7 @@ async def test_collection_in_one_reaches_websocket_client_of_the_other(
     b = UnityProcess(tmp_path / "b", env=env)
     await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
     try:
-        async with websockets.connect(f"ws://127.0.0.1:{b.port}/ws/metrics") as ws:
+        async with websockets.connect(f"ws://127.0.0.1:{b.port}/ws/metrics?token={b.key}") as ws:
             await ws.send(json.dumps({"action": "subscribe", "plugin_ids": ["steady"]}))
             seen: list[dict[str, object]] = []
             while len(seen) < 4:

@@ -43,7 +43,7 @@ async def run(server: LiveServer, plugin_id: str, times: int = 1, **config: Any)
 
 
 async def test_message_shapes_after_an_execution(server: LiveServer) -> None:
-    async with websockets.connect(f"{server.ws}/ws/metrics") as ws:
+    async with websockets.connect(server.ws_url("/ws/metrics")) as ws:
         await asyncio.sleep(0.1)  # let the server subscribe before the execution
         await run(server, "steady")
         update = await recv(ws)
@@ -73,7 +73,7 @@ async def test_message_shapes_after_an_execution(server: LiveServer) -> None:
 
 
 async def test_failed_execution_is_reported(server: LiveServer) -> None:
-    async with websockets.connect(f"{server.ws}/ws/metrics") as ws:
+    async with websockets.connect(server.ws_url("/ws/metrics")) as ws:
         await asyncio.sleep(0.1)
         await run(server, "boom")
         message = await recv(ws)
@@ -83,7 +83,7 @@ async def test_failed_execution_is_reported(server: LiveServer) -> None:
 
 
 async def test_subscribe_filters_by_plugin(server: LiveServer) -> None:
-    async with websockets.connect(f"{server.ws}/ws/metrics") as ws:
+    async with websockets.connect(server.ws_url("/ws/metrics")) as ws:
         await ws.send(json.dumps({"action": "subscribe", "plugin_ids": ["boom"]}))
         assert (await recv(ws))["type"] == "subscribed"
         await run(server, "steady")
@@ -102,13 +102,13 @@ async def test_subscribe_filters_by_plugin(server: LiveServer) -> None:
 
 
 async def test_replay_after_reconnect_with_since(server: LiveServer) -> None:
-    async with websockets.connect(f"{server.ws}/ws/metrics") as ws:
+    async with websockets.connect(server.ws_url("/ws/metrics")) as ws:
         await asyncio.sleep(0.1)
         await run(server, "steady")
         await recv(ws)
         last = (await recv(ws))["seq"]
     await run(server, "steady", times=2)  # missed while disconnected
-    async with websockets.connect(f"{server.ws}/ws/metrics?since={last}") as ws:
+    async with websockets.connect(server.ws_url("/ws/metrics", since=last)) as ws:
         replayed = [await recv(ws) for _ in range(4)]
     history = await server.components.bus.history(last)
     assert history is not None
@@ -131,8 +131,9 @@ async def test_resume_message_and_resync_when_history_is_gone(tmp_path: Path) ->
                     "timestamp": "t",
                     "metrics": {"n": i},
                 },
+                tenant_id="default",
             )
-        async with websockets.connect(f"{server.ws}/ws/metrics") as ws:
+        async with websockets.connect(server.ws_url("/ws/metrics")) as ws:
             await ws.send(json.dumps({"action": "resume", "since": 3}))
             message = await recv(ws)
             assert message["type"] == "resync"
@@ -144,7 +145,7 @@ async def test_resume_message_and_resync_when_history_is_gone(tmp_path: Path) ->
 async def test_heartbeat(tmp_path: Path) -> None:
     async with (
         live_server(tmp_path, ws_heartbeat_s=0.2) as server,
-        websockets.connect(f"{server.ws}/ws/metrics") as ws,
+        websockets.connect(server.ws_url("/ws/metrics")) as ws,
     ):
         beat = await recv(ws, within=5, skip_heartbeats=False)
     assert beat["type"] == "heartbeat"
@@ -165,7 +166,7 @@ async def test_heartbeat(tmp_path: Path) -> None:
 async def test_bad_client_messages_get_an_error_and_the_connection_stays(
     server: LiveServer, sent: str, detail: str
 ) -> None:
-    async with websockets.connect(f"{server.ws}/ws/metrics") as ws:
+    async with websockets.connect(server.ws_url("/ws/metrics")) as ws:
         await ws.send(sent)
         error = await recv(ws)
         assert error["type"] == "error"
@@ -175,7 +176,7 @@ async def test_bad_client_messages_get_an_error_and_the_connection_stays(
 
 
 async def test_bad_since_parameter_is_reported_and_live_continues(server: LiveServer) -> None:
-    async with websockets.connect(f"{server.ws}/ws/metrics?since=abc") as ws:
+    async with websockets.connect(server.ws_url("/ws/metrics", since="abc")) as ws:
         assert (await recv(ws))["type"] == "error"
         await run(server, "steady")
         assert (await recv(ws))["type"] == "metrics_update"
@@ -186,9 +187,9 @@ async def test_slow_client_lags_without_delaying_others(tmp_path: Path) -> None:
         bus = server.components.bus
         # 60 MB in all: far more than the slow peer's socket buffers can hold
         payload = {"blob": "x" * 200_000}
-        slow = await RawWebSocket.connect(server.port, "/ws/metrics")
+        slow = await RawWebSocket.connect(server.port, f"/ws/metrics?token={server.key}")
         try:
-            async with websockets.connect(f"{server.ws}/ws/metrics") as fast:
+            async with websockets.connect(server.ws_url("/ws/metrics")) as fast:
                 await asyncio.sleep(0.1)
                 received: list[int] = []
                 # Publish in steps of 10, each once the fast client has read the last step:
@@ -204,6 +205,7 @@ async def test_slow_client_lags_without_delaying_others(tmp_path: Path) -> None:
                                 "timestamp": "t",
                                 "metrics": payload,
                             },
+                            tenant_id="default",
                         )
                     for _ in range(10):
                         message = await recv(fast)
@@ -222,8 +224,8 @@ async def test_slow_client_lags_without_delaying_others(tmp_path: Path) -> None:
 
 async def test_active_connections_and_prometheus_gauge(server: LiveServer) -> None:
     async with (
-        websockets.connect(f"{server.ws}/ws/metrics"),
-        websockets.connect(f"{server.ws}/ws/metrics"),
+        websockets.connect(server.ws_url("/ws/metrics")),
+        websockets.connect(server.ws_url("/ws/metrics")),
     ):
         await asyncio.sleep(0.1)
         assert server.components.hub.clients == 2

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from unity.errors import UnityError
 
@@ -73,6 +73,7 @@ class Unauthorized(UnityError):
 
     status_code = 401
     title = "Unauthorized"
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="unity"'}
 
 
 class Forbidden(UnityError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Literal
 
@@ -36,6 +37,8 @@ from unity.plugins.models import Plugin, PluginInstance
 from unity.plugins.service import InstanceRef, PluginService
 
 SchedulerState = Literal["stopped", "running"]
+#: A periodic housekeeping job: (id starting with "unity:", interval in seconds, coroutine).
+MaintenanceJob = tuple[str, float, Callable[[], Awaitable[object]]]
 STALE_JOB_ID = "unity:stale-check"
 NEW_INSTANCE_SPREAD_S = 2.0
 
@@ -57,6 +60,7 @@ class CollectionScheduler:
         stale_check_interval_s: float = 15.0,
         spread_first_runs: bool = True,
         publish: Publisher | None = None,
+        maintenance: Sequence[MaintenanceJob] = (),
     ) -> None:
         self._pipeline = pipeline
         self._plugins = plugins
@@ -69,6 +73,7 @@ class CollectionScheduler:
         self.publish = publish
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
         self._scheduler: AsyncIOScheduler | None = None
+        self._maintenance = list(maintenance)
         self.skipped_overlaps = 0
 
     @property
@@ -99,7 +104,11 @@ class CollectionScheduler:
             id=STALE_JOB_ID,
             replace_existing=True,
         )
-        log.info("scheduler started", jobs=len(scheduler.get_jobs()) - 1)
+        for job_id, interval_s, job in self._maintenance:
+            scheduler.add_job(
+                job, IntervalTrigger(seconds=interval_s), id=job_id, replace_existing=True
+            )
+        log.info("scheduler started", jobs=len(self.job_ids()))
 
     async def shutdown(self, *, wait_s: float = 10.0) -> None:
         """Stop scheduling and give executions in flight up to ``wait_s`` to finish."""
@@ -119,7 +128,7 @@ class CollectionScheduler:
         """Ids of the instance jobs currently scheduled."""
         if self._scheduler is None:
             return set()
-        return {job.id for job in self._scheduler.get_jobs() if job.id != STALE_JOB_ID}
+        return {job.id for job in self._scheduler.get_jobs() if not job.id.startswith("unity:")}
 
     async def sync_instance(self, instance_id: uuid.UUID) -> None:
         """(Re)schedule or unschedule one instance after it changed; no restart needed."""

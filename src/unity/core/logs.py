@@ -47,5 +47,5 @@ def configure_logging(fmt: Literal["console", "json"] = "console", level: str = 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("apscheduler", "httpx", "httpcore", "aiosqlite", "asyncio"):
+    for noisy in ("apscheduler", "httpx", "httpcore", "aiosqlite", "asyncio", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -7,6 +7,7 @@ This is the one place that knows all models; it is imported by migrations and
 from __future__ import annotations
 
 from unity.alerts import models as alerts
+from unity.auth import models as auth
 from unity.collection import models as collection
 from unity.core.db import Base
 from unity.metrics import models as metrics
@@ -14,4 +15,4 @@ from unity.plugins import models as plugins
 
 metadata = Base.metadata
 
-__all__ = ["alerts", "collection", "metadata", "metrics", "plugins"]
+__all__ = ["alerts", "auth", "collection", "metadata", "metrics", "plugins"]

@@ -45,6 +45,7 @@ class LiveConnection:
         heartbeat_s: float,
         queue_size: int,
         heartbeat: Callable[[], dict[str, Any]],
+        tenant_id: str,
     ) -> None:
         self._ws = websocket
         self._bus = bus
@@ -54,6 +55,7 @@ class LiveConnection:
         self._heartbeat_s = heartbeat_s
         self._queue_size = queue_size
         self._heartbeat = heartbeat
+        self.tenant_id = tenant_id
         self._send_lock = asyncio.Lock()
         self._subscription: Subscription | None = None
         # Filter: include None means every plugin; exclude lists unsubscribed ones.
@@ -115,7 +117,7 @@ class LiveConnection:
                 await self.send({"type": "lag", "dropped": item.dropped})
             elif isinstance(item, Resync):
                 await self.send({"type": "resync", "since": item.since, "oldest": item.oldest})
-            elif self.wants(item.data.get("plugin_id")):
+            elif item.tenant_id == self.tenant_id and self.wants(item.data.get("plugin_id")):
                 encoded = self._encode(item)
                 if encoded is not None:
                     await self.send(encoded)

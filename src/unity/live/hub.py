@@ -21,6 +21,7 @@ from fastapi import APIRouter, WebSocket
 from unity.core.clock import Clock
 from unity.core.events import EventBus
 from unity.core.events.abc import Event
+from unity.live.auth import Authenticate, authenticate_websocket, close_forbidden, tenant_of
 from unity.live.connection import LiveConnection
 
 METRIC_EVENTS = ("metrics.updated", "execution.completed", "execution.failed")
@@ -32,8 +33,17 @@ router = APIRouter()
 class LiveHub:
     """Shared state of every live connection of this process."""
 
-    def __init__(self, *, bus: EventBus, clock: Clock, heartbeat_s: float, queue_size: int) -> None:
+    def __init__(
+        self,
+        *,
+        bus: EventBus,
+        clock: Clock,
+        heartbeat_s: float,
+        queue_size: int,
+        authenticate: Authenticate,
+    ) -> None:
         self.bus = bus
+        self.authenticate = authenticate
         self.clock = clock
         self.heartbeat_s = heartbeat_s
         self.queue_size = queue_size
@@ -85,13 +95,20 @@ def metrics_message(event: Event) -> dict[str, Any] | None:
 
 @router.websocket("/ws/metrics")
 async def ws_metrics(websocket: WebSocket) -> None:
-    """Live metrics: ``?since=SEQ`` replays what a reconnecting client missed.
+    """Live metrics of the key's tenant: ``?since=SEQ`` replays what a reconnecting client
+    missed. Needs ``metrics:read`` (``?token=`` or a first ``{"action": "auth"}`` message).
 
     Client messages: ``{"action": "subscribe" | "unsubscribe", "plugin_ids": [...]}``,
     ``{"action": "resume", "since": N}``, ``{"action": "ping"}``.
     """
     hub: LiveHub = websocket.app.state.components.hub
-    await websocket.accept()
+    principal = await authenticate_websocket(websocket, hub.authenticate, "metrics:read")
+    if principal is None:
+        return
+    tenant = tenant_of(websocket, principal)
+    if tenant is None:
+        await close_forbidden(websocket, "only an admin key can watch another tenant")
+        return
     since: int | None = None
     raw_since = websocket.query_params.get("since")
     connection = LiveConnection(
@@ -103,6 +120,7 @@ async def ws_metrics(websocket: WebSocket) -> None:
         heartbeat_s=hub.heartbeat_s,
         queue_size=hub.queue_size,
         heartbeat=hub.heartbeat,
+        tenant_id=tenant,
     )
     if raw_since is not None:
         if raw_since.isdigit():

@@ -12,14 +12,18 @@ Prometheus does on a clash.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import select
 
-from unity.deps import ComponentsDep
+from unity.auth.ratelimit import RateLimiter
+from unity.deps import Caller, ComponentsDep, access
+from unity.errors import problem_responses
+from unity.metrics.store.abc import SeriesInfo
 from unity.plugins.models import Plugin, PluginInstance
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -41,11 +45,24 @@ class _Families(Collector):
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Text exposition format."}},
+    responses={
+        200: {"content": {CONTENT_TYPE: {}}, "description": "Text exposition format."},
+        **problem_responses(401, 403, 429),
+    },
 )
-async def metrics(c: ComponentsDep) -> Response:
-    """Unity's own counters and the latest value of every plugin metric."""
-    families = [*_unity_families(c), *await _plugin_families(c)]
+async def metrics(
+    request: Request, c: ComponentsDep, caller: Annotated[Caller, access("metrics:read")]
+) -> Response:
+    """Unity's own counters and the latest value of every plugin metric of the key's tenant.
+
+    Prometheus sends the key with ``authorization: {type: Bearer, credentials: <key>}`` in
+    its scrape config.
+    """
+    families = [
+        *_unity_families(c),
+        *_rate_limit_families(request.app.state.rate_limiter),
+        *await _plugin_families(c, caller.tenant),
+    ]
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(families))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE)
@@ -118,18 +135,41 @@ def _unity_families(c: ComponentsDep) -> list[Metric]:
     return families
 
 
-async def _plugin_families(c: ComponentsDep) -> list[Metric]:
-    series = await c.store.find_series(source_kind="instance", limit=MAX_EXPORTED_SERIES)
+def _rate_limit_families(limiter: RateLimiter) -> list[Metric]:
+    stats = limiter.stats
+    requests = CounterMetricFamily(
+        "unity_rate_limit_requests", "API requests seen by the rate limiter.", labels=["outcome"]
+    )
+    requests.add_metric(["allowed"], stats.allowed)
+    requests.add_metric(["limited"], stats.limited)
+    requests.add_metric(["failed_open"], stats.failed_open)
+    failures = CounterMetricFamily("unity_auth_failures", "Requests with a wrong API key.")
+    failures.add_metric([], stats.auth_failures)
+    blocked = CounterMetricFamily(
+        "unity_auth_failures_limited", "Requests refused for too many wrong keys from one address."
+    )
+    blocked.add_metric([], stats.auth_failures_limited)
+    return [requests, failures, blocked]
+
+
+async def _plugin_families(c: ComponentsDep, tenant_id: str) -> list[Metric]:
+    async with c.database.session() as session:
+        rows = await session.execute(
+            select(PluginInstance.id, PluginInstance.name, Plugin.plugin_id)
+            .join(Plugin, PluginInstance.plugin_pk == Plugin.id)
+            .where(PluginInstance.tenant_id == tenant_id)
+        )
+        names = {str(i): (name, plugin_id) for i, name, plugin_id in rows}
+    series: list[SeriesInfo] = []
+    for instance_id in names:
+        series += await c.store.find_series(
+            source_kind="instance", source_id=instance_id, limit=MAX_EXPORTED_SERIES - len(series)
+        )
+        if len(series) >= MAX_EXPORTED_SERIES:
+            break
     if not series:
         return []
     latest = await c.store.latest([s.id for s in series])
-    async with c.database.session() as session:
-        rows = await session.execute(
-            select(PluginInstance.id, PluginInstance.name, Plugin.plugin_id).join(
-                Plugin, PluginInstance.plugin_pk == Plugin.id
-            )
-        )
-        names = {str(i): (name, plugin_id) for i, name, plugin_id in rows}
     families: list[Metric] = []
     grouped: dict[str, list[tuple[dict[str, str], float, float]]] = {}
     for s in series:

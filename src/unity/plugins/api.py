@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query
 
 from unity.core.pagination import Page, PageDep
 from unity.core.params import IsoDatetime
-from unity.deps import ComponentsDep, TenantDep
+from unity.deps import Caller, ComponentsDep, access
 from unity.errors import BadRequestError, problem_responses
 from unity.plugins.schemas import (
     CategoryOut,
@@ -25,7 +25,9 @@ from unity.plugins.schemas import (
 from unity.plugins.sdk import PluginKind
 
 router = APIRouter(
-    prefix="/api/plugins", tags=["plugins"], responses=problem_responses(400, 404, 422)
+    prefix="/api/plugins",
+    tags=["plugins"],
+    responses=problem_responses(400, 401, 403, 404, 422, 429),
 )
 
 PluginIdPath = Annotated[
@@ -36,7 +38,7 @@ PluginIdPath = Annotated[
 @router.get("", summary="List plugins")
 async def list_plugins(
     c: ComponentsDep,
-    tenant: TenantDep,
+    caller: Annotated[Caller, access("plugins:read")],
     page: PageDep,
     enabled: Annotated[
         bool | None, Query(description="Only enabled (or disabled) plugins.")
@@ -46,7 +48,7 @@ async def list_plugins(
 ) -> Page[PluginSummary]:
     """Every known plugin, built-in or third-party, broken ones included, by id."""
     items, total = await c.catalog.list_plugins(
-        tenant_id=tenant,
+        tenant_id=caller.tenant,
         enabled=enabled,
         category=category,
         kind=kind,
@@ -57,21 +59,27 @@ async def list_plugins(
 
 
 @router.get("/stats/summary", summary="Summary figures")
-async def stats_summary(c: ComponentsDep, tenant: TenantDep) -> StatsSummary:
+async def stats_summary(
+    c: ComponentsDep, caller: Annotated[Caller, access("plugins:read")]
+) -> StatsSummary:
     """Plugins, instances by health, stored data and last hour's executions."""
-    return await c.collection.summary(tenant_id=tenant)
+    return await c.collection.summary(tenant_id=caller.tenant)
 
 
 @router.get("/categories/list", summary="Plugin categories")
-async def categories(c: ComponentsDep, tenant: TenantDep) -> list[CategoryOut]:
+async def categories(
+    c: ComponentsDep, caller: Annotated[Caller, access("plugins:read")]
+) -> list[CategoryOut]:
     """Each category with how many plugins it holds and how many are enabled."""
-    return await c.catalog.categories(tenant_id=tenant)
+    return await c.catalog.categories(tenant_id=caller.tenant)
 
 
 @router.get("/{plugin_id}", summary="Plugin details")
-async def get_plugin(c: ComponentsDep, tenant: TenantDep, plugin_id: PluginIdPath) -> PluginDetail:
+async def get_plugin(
+    c: ComponentsDep, caller: Annotated[Caller, access("plugins:read")], plugin_id: PluginIdPath
+) -> PluginDetail:
     """Manifest, config and its JSON Schema, declared metrics, instances with their health."""
-    return await c.catalog.detail(plugin_id, tenant_id=tenant)
+    return await c.catalog.detail(plugin_id, tenant_id=caller.tenant)
 
 
 @router.post(
@@ -80,45 +88,51 @@ async def get_plugin(c: ComponentsDep, tenant: TenantDep, plugin_id: PluginIdPat
     responses=problem_responses(409),
 )
 async def enable_plugin(
-    c: ComponentsDep, tenant: TenantDep, plugin_id: PluginIdPath, body: EnableRequest
+    c: ComponentsDep,
+    caller: Annotated[Caller, access("plugins:write")],
+    plugin_id: PluginIdPath,
+    body: EnableRequest,
 ) -> PluginDetail:
     """Enabling validates ``config`` against the plugin's schema (422 with the failing fields)
     and schedules its default instance at once; disabling unschedules it. No restart needed."""
-    await c.catalog.detail(plugin_id, tenant_id=tenant)  # 404 before anything changes
+    await c.catalog.detail(plugin_id, tenant_id=caller.tenant)  # 404 before anything changes
     await c.plugins.set_enabled(
-        plugin_id, tenant_id=tenant, enabled=body.enabled, config=body.config
+        plugin_id, tenant_id=caller.tenant, enabled=body.enabled, config=body.config
     )
-    await c.catalog.invalidate(plugin_id, tenant)
-    return await c.catalog.detail(plugin_id, tenant_id=tenant)
+    await c.catalog.invalidate(plugin_id, caller.tenant)
+    return await c.catalog.detail(plugin_id, tenant_id=caller.tenant)
 
 
 @router.get("/{plugin_id}/status", summary="Plugin health")
 async def plugin_status(
-    c: ComponentsDep, tenant: TenantDep, plugin_id: PluginIdPath
+    c: ComponentsDep, caller: Annotated[Caller, access("plugins:read")], plugin_id: PluginIdPath
 ) -> PluginStatusOut:
     """Health (the worst of its enabled instances), error counts, last execution, success and error."""
-    await c.catalog.detail(plugin_id, tenant_id=tenant)
-    return await c.collection.plugin_status(plugin_id, tenant_id=tenant)
+    await c.catalog.detail(plugin_id, tenant_id=caller.tenant)
+    return await c.collection.plugin_status(plugin_id, tenant_id=caller.tenant)
 
 
 @router.get("/{plugin_id}/metrics", summary="Latest metrics")
 async def latest_metrics(
     c: ComponentsDep,
-    tenant: TenantDep,
+    caller: Annotated[Caller, access("metrics:read")],
     plugin_id: PluginIdPath,
     limit: Annotated[int, Query(ge=1, le=1000, description="Series to return.")] = 100,
 ) -> LatestMetricsOut:
     """The newest value of each of the plugin's series, and its latest snapshot."""
-    detail = await c.catalog.detail(plugin_id, tenant_id=tenant)
+    detail = await c.catalog.detail(plugin_id, tenant_id=caller.tenant)
     return await c.metrics.latest(
-        plugin_id, tenant_id=tenant, instance_ids=[i.id for i in detail.instances], limit=limit
+        plugin_id,
+        tenant_id=caller.tenant,
+        instance_ids=[i.id for i in detail.instances],
+        limit=limit,
     )
 
 
 @router.get("/{plugin_id}/metrics/history", summary="Metric history")
 async def metrics_history(
     c: ComponentsDep,
-    tenant: TenantDep,
+    caller: Annotated[Caller, access("metrics:read")],
     plugin_id: PluginIdPath,
     metric_name: Annotated[str | None, Query(max_length=200, examples=["cpu_percent"])] = None,
     hours: Annotated[
@@ -145,7 +159,7 @@ async def metrics_history(
 ) -> HistoryOut:
     """Points over a range. Raw samples for short spans, 1-minute or 1-hour rollups for longer
     ones, so a series stays under a few thousand points; ``step`` averages further."""
-    detail = await c.catalog.detail(plugin_id, tenant_id=tenant)
+    detail = await c.catalog.detail(plugin_id, tenant_id=caller.tenant)
     return await c.metrics.history(
         plugin_id,
         instance_ids=[i.id for i in detail.instances],
@@ -163,7 +177,7 @@ async def metrics_history(
 @router.get("/{plugin_id}/executions", summary="Execution history")
 async def executions(
     c: ComponentsDep,
-    tenant: TenantDep,
+    caller: Annotated[Caller, access("plugins:read")],
     plugin_id: PluginIdPath,
     skip: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -171,9 +185,14 @@ async def executions(
     instance_id: Annotated[uuid.UUID | None, Query()] = None,
 ) -> Page[ExecutionOut]:
     """The plugin's executions, newest first."""
-    await c.catalog.detail(plugin_id, tenant_id=tenant)
+    await c.catalog.detail(plugin_id, tenant_id=caller.tenant)
     items, total = await c.collection.executions(
-        plugin_id, tenant_id=tenant, status=status, instance_id=instance_id, skip=skip, limit=limit
+        plugin_id,
+        tenant_id=caller.tenant,
+        status=status,
+        instance_id=instance_id,
+        skip=skip,
+        limit=limit,
     )
     return Page(items=items, total=total, skip=skip, limit=limit)
 

@@ -129,7 +129,9 @@ async def test_collection_pipeline_publishes_payloads_that_fit_the_catalog(
     components.pipeline.publish = publish
     try:
         for plugin_id, runs in (("steady", 2), ("boom", 2)):
-            await components.plugins.set_enabled(plugin_id, enabled=True, config={})
+            await components.plugins.set_enabled(
+                plugin_id, tenant_id="default", enabled=True, config={}
+            )
             instance = await components.plugins.default_instance(plugin_id)
             for _ in range(runs):
                 await components.pipeline.execute(instance)
