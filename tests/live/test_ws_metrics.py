@@ -134,12 +134,14 @@ async def test_resume_message_and_resync_when_history_is_gone(tmp_path: Path) ->
                 tenant_id="default",
             )
         async with websockets.connect(server.ws_url("/ws/metrics")) as ws:
+            # a position from before this process started (or trimmed away)
             await ws.send(json.dumps({"action": "resume", "since": 3}))
             message = await recv(ws)
             assert message["type"] == "resync"
-            await ws.send(json.dumps({"action": "resume", "since": 140}))
+            last = bus.last_seq
+            await ws.send(json.dumps({"action": "resume", "since": last - 10}))
             message = await recv(ws)
-            assert (message["type"], message["seq"]) == ("metrics_update", 141)
+            assert (message["type"], message["seq"]) == ("metrics_update", last - 9)
 
 
 async def test_heartbeat(tmp_path: Path) -> None:

@@ -170,7 +170,7 @@ class CollectionService:
                     select(func.coalesce(PluginStatus.health, Health.UNKNOWN.value), func.count())
                     .select_from(PluginInstance)
                     .outerjoin(PluginStatus, PluginStatus.instance_id == PluginInstance.id)
-                    .where(PluginInstance.tenant_id == tenant_id)
+                    .where(PluginInstance.tenant_id == tenant_id, PluginInstance.enabled.is_(True))
                     .group_by(func.coalesce(PluginStatus.health, Health.UNKNOWN.value))
                 )
                 for health, count in rows:

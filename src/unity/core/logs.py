@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Literal
 
 import orjson
 import structlog
+
+_SECRET_IN_URL = re.compile(r"((?:token|api_key|key)=)[^&\s\"']+")
+
+
+class RedactSecrets(logging.Filter):
+    """Masks ``?token=…`` in log lines (uvicorn logs WebSocket URLs with their query)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _SECRET_IN_URL.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args
+            )
+        if isinstance(record.msg, str):
+            record.msg = _SECRET_IN_URL.sub(r"\1***", record.msg)
+        return True
 
 
 def configure_logging(fmt: Literal["console", "json"] = "console", level: str = "INFO") -> None:
@@ -38,6 +54,7 @@ def configure_logging(fmt: Literal["console", "json"] = "console", level: str = 
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactSecrets())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

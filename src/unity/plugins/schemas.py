@@ -202,8 +202,8 @@ class StatsSummary(BaseModel):
     plugins_total: int
     plugins_enabled: int
     plugins_broken: int
-    instances_total: int
-    instances_by_health: dict[str, int]
+    instances_total: int = Field(description="The tenant's instances, enabled or not.")
+    instances_by_health: dict[str, int] = Field(description="Enabled instances by health.")
     series_total: int
     samples_stored: int
     executions_last_hour: int

@@ -129,9 +129,20 @@ class PluginService:
                 row.updated_at = now
         if first_start:
             for plugin_id in autoenable:
-                spec = self._registry.get(plugin_id)
-                if not spec.broken:
-                    await self.set_enabled(plugin_id, tenant_id=DEFAULT_TENANT, enabled=True)
+                await self._autoenable(plugin_id)
+
+    async def _autoenable(self, plugin_id: str) -> None:
+        # A plugin listed in autoenable_plugins that is unknown, broken or needs config
+        # (http_check needs a url) is skipped with a warning: start-up must not fail on it.
+        try:
+            spec = self._registry.get(plugin_id)
+            if spec.broken:
+                raise ConflictError(f"plugin {plugin_id} is broken: {spec.error}")
+            await self.set_enabled(plugin_id, tenant_id=DEFAULT_TENANT, enabled=True)
+        except (NotFoundError, ConflictError, ValidationFailed) as exc:
+            log.warning(
+                "not enabling plugin at first start", plugin_id=plugin_id, reason=exc.detail
+            )
 
     async def set_enabled(
         self,

@@ -8,6 +8,8 @@ event types, their categories and payload schemas are in ``unity.core.events.cat
 
 from __future__ import annotations
 
+import time
+
 from unity.config import Settings
 from unity.core.events.abc import (
     UNPUBLISHED,
@@ -52,7 +54,8 @@ def create_event_bus(settings: Settings, *, history_size: int = 10_000) -> Event
     the ``redis`` package is missing. Nothing connects here: call ``start()``.
     """
     if not settings.redis_url:
-        return MemoryEventBus(history_size)
+        # Numbers above any a previous process of this server handed out (see memory.py).
+        return MemoryEventBus(history_size, start_seq=time.time_ns() // 1000)
     try:
         # Deferred so that the embedded mode runs without the optional redis extra.
         from unity.core.events.redis import RedisEventBus

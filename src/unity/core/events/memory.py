@@ -3,9 +3,11 @@
 ``seq`` comes from a counter, history is a ring of the last ``history_size`` events, and
 ``publish`` fans out to the subscriptions before it returns. It never awaits, so
 concurrent publishers are serialized by the event loop itself and the ring, the counter
-and every subscriber queue always agree. History lives as long as the process: after a
-restart ``seq`` starts from 1 again, and a client resuming with an older position gets a
-``Resync``.
+and every subscriber queue always agree. History lives as long as the process. So that a
+restart never reuses numbers a client has seen, Unity starts the counter at the wall
+clock in microseconds (``start_seq``): a restarted process numbers above anything its
+predecessor published (unless that one averaged over a million events a second), and a
+client resuming with an older position gets a ``Resync`` rather than wrong events.
 """
 
 from __future__ import annotations
@@ -23,11 +25,15 @@ from unity.core.events.abc import Event, EventBus, HistoryPage, Resync
 class MemoryEventBus(EventBus):
     """Events in a bounded in-memory ring, delivered within this process."""
 
-    def __init__(self, history_size: int = 10_000, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, history_size: int = 10_000, *, clock: Clock | None = None, start_seq: int = 0
+    ) -> None:
         if history_size < 1:
             raise ValueError("history_size must be at least 1")
+        if start_seq < 0:
+            raise ValueError("start_seq must not be negative")
         super().__init__(clock=clock)
-        self._seq = 0
+        self._seq = start_seq
         self._history: deque[Event] = deque(maxlen=history_size)
 
     async def start(self) -> None:
@@ -51,7 +57,7 @@ class MemoryEventBus(EventBus):
 
     @property
     def last_seq(self) -> int:
-        """The ``seq`` of the newest event (0 before the first)."""
+        """The ``seq`` of the newest event (``start_seq`` before the first)."""
         return self._seq
 
     async def _release(self) -> None:

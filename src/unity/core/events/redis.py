@@ -92,7 +92,7 @@ class RedisEventBus(EventBus):
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 5.0,
         block_s: float = 5.0,
-        socket_timeout_s: float = 1.0,
+        socket_timeout_s: float = 3.0,
     ) -> None:
         if history_size < 1:
             raise ValueError("history_size must be at least 1")
