@@ -10,12 +10,10 @@ import argparse
 import asyncio
 import gc
 import json
-import math
 import sqlite3
-import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,9 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+# Re-exported: the scenarios take them from here.
+from bench._stats import median as median
+from bench._stats import percentile as percentile
 from unity.core.db import Database
 from unity.core.migrations import upgrade
 
@@ -77,17 +78,6 @@ def stopwatch() -> Iterator[list[float]]:
         yield box
     finally:
         box.append(time.perf_counter() - start)
-
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    """The ``pct`` percentile (nearest rank) of ``values``."""
-    ordered = sorted(values)
-    rank = max(math.ceil(pct / 100 * len(ordered)) - 1, 0)
-    return ordered[rank]
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
 
 
 def settle() -> None:
