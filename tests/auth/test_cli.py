@@ -44,7 +44,7 @@ async def test_create_prints_the_secret_once_and_list_never_does(settings: Setti
     assert "shown only this once" in shown
     assert secret not in shown  # the secret goes alone to stdout
 
-    listed = await list_keys(settings)
+    listed = [k for k in await list_keys(settings) if k.name != "admin"]
     assert [k.id for k in listed] == [key.id]
     table = _render(keys_table(listed))
     assert key.prefix in table
@@ -58,9 +58,13 @@ async def test_revoke_accepts_the_id_or_the_prefix(settings: Settings) -> None:
     second, _ = await create_key(settings, name="b", scopes=["metrics:read"], tenant="default")
     assert (await revoke_key(settings, str(first.id))).status == "revoked"
     assert (await revoke_key(settings, second.prefix)).status == "revoked"
-    assert await list_keys(settings) == []
+    assert [k.name for k in await list_keys(settings)] == ["admin"]  # only the admin key is left
     everything = await list_keys(settings, include_revoked=True)
-    assert {k.status for k in everything} == {"revoked"}
+    assert {k.name: k.status for k in everything} == {
+        "a": "revoked",
+        "b": "revoked",
+        "admin": "active",
+    }
     assert "revoked" in _render(keys_table(everything))
     with pytest.raises(NotFoundError):
         await revoke_key(settings, "unity_unknown0")
@@ -77,3 +81,21 @@ async def test_a_bad_lifetime_or_tenant_is_refused(settings: Settings) -> None:
         await create_key(settings, name="x", scopes=["admin"], expires_in="forever")
     with pytest.raises(NotFoundError, match="tenant"):
         await create_key(settings, name="x", scopes=["admin"], tenant="nobody")
+
+
+async def test_the_first_key_made_from_the_cli_comes_after_the_admin_key(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await create_key(settings, name="grafana", scopes=["metrics:read"])
+    admin_file = settings.data_dir / "admin.key"
+    assert admin_file.stat().st_mode & 0o777 == 0o600
+    assert "created the admin API key" in capsys.readouterr().err
+    keys = await list_keys(settings)
+    assert sorted((k.name, tuple(k.scopes)) for k in keys) == [
+        ("admin", ("admin",)),
+        ("grafana", ("metrics:read",)),
+    ]
+    # the next command finds it there and makes no other
+    await list_keys(settings)
+    assert "created the admin API key" not in capsys.readouterr().err
+    assert len(await list_keys(settings)) == 2

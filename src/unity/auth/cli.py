@@ -8,9 +8,11 @@ made here within its key cache TTL (at most 5 s).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from pathlib import Path
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -41,9 +43,19 @@ async def _key_service(settings: Settings) -> AsyncIterator[KeyService]:
     try:
         await database.ping()
         await upgrade(database)
-        yield KeyService(database=database, clock=SystemClock())
+        keys = KeyService(database=database, clock=SystemClock())
+        # On a new database the admin key must be the first key, whichever command comes
+        # first: `unity serve` makes it only while no key exists.
+        if await keys.ensure_admin_key(settings.data_dir) is not None:
+            admin_key_notice(settings.data_dir / "admin.key")
+        yield keys
     finally:
         await database.dispose()
+
+
+def admin_key_notice(path: Path) -> None:
+    """Tell the operator (on stderr) where the admin key made just now was saved."""
+    print(f"created the admin API key in {path.resolve()} (mode 0600)", file=sys.stderr)
 
 
 def parse_scopes(text: str) -> list[str]:
