@@ -102,7 +102,8 @@ def create_app(
         components: Components = app.state.components
         return await components.keys.authenticate(secret)
 
-    # Added innermost first: security headers, CORS, rate limit, usage, audit, routes.
+    # Layers, outermost first: security headers, CORS, rate limit, usage, audit, routes.
+    # add_middleware wraps what is there, so the innermost is added first.
     app.add_middleware(AuditMiddleware)
     app.add_middleware(UsageMiddleware)
     app.add_middleware(RateLimitMiddleware, limiter=limiter, authenticate=authenticate)
