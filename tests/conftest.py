@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.services import PostgresServer, RedisServer
+from unity.core.db import Database
+from unity.core.migrations import upgrade
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +58,22 @@ def redis_url(redis_server: RedisServer) -> str:
 def sqlite_url(tmp_path: Path) -> str:
     """A fresh SQLite file in the test's temporary folder."""
     return f"sqlite+aiosqlite:///{tmp_path / 'unity.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.external_service)])
+async def database(request: pytest.FixtureRequest) -> AsyncIterator[Database]:
+    """A migrated database on each backend (SQLite file, private PostgreSQL)."""
+    url = request.getfixturevalue("postgres_url" if request.param == "postgres" else "sqlite_url")
+    db = Database(url)
+    await upgrade(db)
+    yield db
+    await db.dispose()
+
+
+@pytest.fixture
+async def sqlite_database(sqlite_url: str) -> AsyncIterator[Database]:
+    """A migrated SQLite database, for tests whose subject is not the SQL (or that lock the file)."""
+    db = Database(sqlite_url)
+    await upgrade(db)
+    yield db
+    await db.dispose()

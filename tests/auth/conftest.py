@@ -15,7 +15,6 @@ from tests.fakes import FakeClock
 from unity.auth.audit import AuditService
 from unity.auth.service import KeyService, TenantService
 from unity.core.db import Database
-from unity.core.migrations import upgrade
 
 
 async def wait_until(
@@ -51,25 +50,6 @@ class AuthServices:
     keys: KeyService
     tenants: TenantService
     audit: AuditService
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.external_service)])
-async def database(request: pytest.FixtureRequest) -> AsyncIterator[Database]:
-    """A migrated database on each backend."""
-    url = request.getfixturevalue("postgres_url" if request.param == "postgres" else "sqlite_url")
-    db = Database(url)
-    await upgrade(db)
-    yield db
-    await db.dispose()
-
-
-@pytest.fixture
-async def sqlite_database(sqlite_url: str) -> AsyncIterator[Database]:
-    """A migrated SQLite database, for tests whose subject is not the SQL."""
-    db = Database(sqlite_url)
-    await upgrade(db)
-    yield db
-    await db.dispose()
 
 
 @pytest.fixture

@@ -218,3 +218,20 @@ async def test_published_events(components: Components) -> None:
 async def test_unknown_instance_id_does_not_crash(components: Components) -> None:
     c = components
     assert await c.plugins.instance(uuid.uuid4()) is None
+
+
+async def test_success_without_samples_is_healthy_but_records_no_data(
+    components: Components,
+) -> None:
+    c = components
+    instance = await _instance(c, "silent")
+    result = await c.pipeline.execute(instance)
+    assert (result.status, result.metrics_count, result.health_after) == (
+        "success",
+        0,
+        Health.HEALTHY,
+    )
+    status = await _status(c, instance)
+    assert status.last_success is not None
+    assert status.last_sample_at is None  # so staleness can still see that data stopped
+    assert await c.store.find_series(source_id=str(instance.id)) == []

@@ -9,30 +9,8 @@ from datetime import UTC, datetime
 import pytest
 
 from unity.core.db import Database
-from unity.core.migrations import upgrade
 from unity.metrics.store import MetricStore, SeriesKey, create_store
 from unity.plugins.models import Plugin, PluginInstance
-
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.external_service)]
-
-
-@pytest.fixture(params=BACKENDS)
-async def database(request: pytest.FixtureRequest) -> AsyncIterator[Database]:
-    """A migrated database on each backend."""
-    url = request.getfixturevalue(f"{request.param}_url")
-    db = Database(url)
-    await upgrade(db)
-    yield db
-    await db.dispose()
-
-
-@pytest.fixture
-async def sqlite_database(sqlite_url: str) -> AsyncIterator[Database]:
-    """A migrated SQLite database (writer tests that need to lock the file)."""
-    db = Database(sqlite_url)
-    await upgrade(db)
-    yield db
-    await db.dispose()
 
 
 @pytest.fixture
