@@ -23,30 +23,52 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Generic, Literal, ParamSpec, TypeVar, get_args, get_origin
+from pathlib import Path
+from typing import (
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    get_args,
+    get_origin,
+)
 
 import httpx
+import orjson
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from unity.core.clock import Clock
 
 __all__ = [
+    "Action",
+    "ActionContext",
+    "ActionError",
+    "ActionInfo",
+    "ActionParams",
     "Collected",
     "Collector",
     "Context",
     "Manifest",
     "Metric",
     "Permission",
+    "Plan",
     "Plugin",
     "PluginConfig",
     "PluginKind",
+    "Progress",
+    "Result",
     "Sample",
+    "StepRunner",
     "samples_from",
 ]
 
@@ -230,3 +252,171 @@ def samples_from(
         if value is not None:
             out.append(Sample(metric.name, float(value), dict(labels or {})))
     return out
+
+
+# --- actions -------------------------------------------------------------------------------
+
+
+class ActionParams(BaseModel):
+    """Base of every action's parameter model (what a task stores in ``params``).
+
+    Subclass it and add fields; its JSON Schema is what the API validates a task's
+    ``params`` against and serves as the action's ``config_schema``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+
+A = TypeVar("A", bound=ActionParams)
+
+
+class Plan(BaseModel):
+    """What an action will do, concretely enough for a person to approve it.
+
+    ``steps`` lists each change in order (each a JSON object with at least a
+    ``description``); ``data`` holds whatever ``apply`` needs to do exactly that and no
+    more. The plan is stored with the run and hashed (:meth:`digest`); ``apply`` receives
+    the very plan that was approved. ``metrics`` are recorded as run metrics (e.g. LLM
+    token usage spent while planning).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    summary: str = Field(description="One line saying what applying the plan will do.")
+    steps: list[dict[str, Any]] = Field(default_factory=list)
+    data: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        """Whether there is nothing to do."""
+        return not self.steps
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the plan's canonical JSON: the ``plan_hash`` approvals name."""
+        payload = orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(payload).hexdigest()
+
+
+class Result(BaseModel):
+    """What applying (or rolling back) a plan did."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    success: bool = True
+    summary: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+    """JSON-able details; ``rollback`` receives them back."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Recorded as run metrics, e.g. ``{"bytes_freed": 1234, "steps": 3}``."""
+
+
+class Progress(Protocol):
+    """Reports a step of ``apply``: published as a ``progress`` event and kept in the run log."""
+
+    async def __call__(
+        self, step: int, total: int | None, message: str, *, percent: float | None = None
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ActionInfo:
+    """An action another action may compose (what ``llm_planner`` offers its model)."""
+
+    plugin_id: str
+    description: str
+    params_schema: dict[str, Any]
+
+
+class StepRunner(Protocol):
+    """Lets an action plan and apply other actions as its steps (the engine provides it)."""
+
+    def actions(self) -> list[ActionInfo]:
+        """The actions that may be used as steps (never the calling action itself)."""
+        ...
+
+    async def plan(self, action: str, params: dict[str, Any]) -> Plan:
+        """Validate ``params`` for ``action`` and return that action's plan."""
+        ...
+
+    async def apply(self, action: str, plan: Plan, progress: Progress) -> Result:
+        """Apply a plan that ``plan`` returned for ``action``."""
+        ...
+
+
+@dataclass(slots=True)
+class ActionContext(Generic[A]):
+    """What an action gets for one plan, apply or rollback."""
+
+    params: A
+    """The task's validated parameters."""
+    http: httpx.AsyncClient
+    clock: Clock
+    log: structlog.stdlib.BoundLogger
+    plugin_id: str
+    task_id: str
+    run_id: str
+    tenant_id: str
+    data_dir: Path
+    """Unity's data directory; an action keeps its own files under ``data_dir/actions/<id>``."""
+    description: str = ""
+    """The task's free-text description (what ``llm_planner`` plans from)."""
+    max_rounds: int | None = None
+    steps: StepRunner | None = None
+
+    def workdir(self) -> Path:
+        """``data_dir/actions/<plugin_id>``, created on first use."""
+        path = self.data_dir / "actions" / self.plugin_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    async def run_blocking(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run a blocking call in a worker thread."""
+        return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
+
+
+class ActionError(Exception):
+    """An action cannot plan or apply; the message is shown to the user as the run's error."""
+
+
+class Action(Plugin[Any], Generic[A]):
+    """A plugin that changes something, in two steps: ``plan`` (no side effects), then ``apply``.
+
+    ``apply`` must do exactly what the approved plan says; anything that changed since
+    planning is skipped and reported, never acted on blindly. Implement ``rollback`` when
+    the change can be undone (``supports_rollback`` says so).
+    """
+
+    kind: ClassVar[PluginKind] = "action"
+    params_model: ClassVar[type[ActionParams]] = ActionParams
+    requires_admin: ClassVar[bool] = False
+    """Tasks using this action may only be created by a key with the ``admin`` scope."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            for arg in get_args(base):
+                if isinstance(arg, type) and issubclass(arg, ActionParams):
+                    cls.params_model = arg
+
+    @classmethod
+    def config_schema(cls) -> dict[str, Any]:
+        """The JSON Schema of this action's parameters."""
+        return cls.params_model.model_json_schema()
+
+    @classmethod
+    def supports_rollback(cls) -> bool:
+        """Whether this action overrides :meth:`rollback`."""
+        return cls.rollback is not Action.rollback
+
+    async def plan(self, ctx: ActionContext[A]) -> Plan:
+        """Work out what to do, without changing anything."""
+        raise NotImplementedError
+
+    async def apply(self, ctx: ActionContext[A], plan: Plan, progress: Progress) -> Result:
+        """Do exactly what ``plan`` says, reporting each step through ``progress``."""
+        raise NotImplementedError
+
+    async def rollback(self, ctx: ActionContext[A], plan: Plan, result: Result) -> Result:
+        """Undo what ``apply`` did (``result`` is what it returned)."""
+        raise NotImplementedError

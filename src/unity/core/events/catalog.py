@@ -174,6 +174,7 @@ class RunDecision(RunPayload):
 class RunProgress(RunPayload):
     step: int
     total: int | None
+    percent: float | None = Field(default=None, description="0-100 when the action knows it.")
     message: str
 
 
