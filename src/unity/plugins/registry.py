@@ -32,7 +32,7 @@ import structlog
 from pydantic import ValidationError
 
 from unity.errors import NotFoundError
-from unity.plugins.sdk import Collector, Manifest, Plugin, PluginConfig
+from unity.plugins.sdk import Action, Collector, Manifest, Plugin, PluginConfig
 
 __all__ = ["PluginRegistry", "PluginSpec", "Source"]
 
@@ -290,7 +290,17 @@ def _inspect(obj: object) -> tuple[Manifest | None, str | None]:
         return manifest, f"config model has no JSON Schema: {type(exc).__name__}: {exc}"
     if issubclass(obj, Collector) and obj.collect is Collector.collect:
         return manifest, "collect() is not implemented"
+    if issubclass(obj, Action):
+        missing = [f"{name}()" for name in ("plan", "apply") if not _overrides(obj, name)]
+        if missing:
+            verb = "is" if len(missing) == 1 else "are"
+            return manifest, f"{' and '.join(missing)} {verb} not implemented"
     return manifest, None
+
+
+def _overrides(cls: type[Action[Any]], name: str) -> bool:
+    """Whether ``cls`` implements ``name`` rather than inheriting the SDK's placeholder."""
+    return getattr(cls, name) is not getattr(Action, name)
 
 
 def _import_failure(exc: BaseException) -> str:

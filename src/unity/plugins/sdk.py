@@ -212,7 +212,7 @@ class Plugin(Generic[C]):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # Collector[HttpCheckConfig] names the config model; pick it up from the generic base.
-        for base in getattr(cls, "__orig_bases__", ()):
+        for base in cls.__dict__.get("__orig_bases__", ()):
             if get_origin(base) is None:
                 continue
             for arg in get_args(base):
@@ -339,8 +339,19 @@ class StepRunner(Protocol):
         """Validate ``params`` for ``action`` and return that action's plan."""
         ...
 
-    async def apply(self, action: str, plan: Plan, progress: Progress) -> Result:
-        """Apply a plan that ``plan`` returned for ``action``."""
+    async def apply(
+        self,
+        action: str,
+        plan: Plan,
+        progress: Progress,
+        *,
+        params: dict[str, Any] | None = None,
+    ) -> Result:
+        """Apply a plan that ``plan`` returned for ``action``.
+
+        ``params`` are the ones the plan was made with (the step's ``ctx.params``); keep
+        them in your own plan's ``data`` next to the step's plan.
+        """
         ...
 
 
@@ -394,7 +405,7 @@ class Action(Plugin[Any], Generic[A]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for base in getattr(cls, "__orig_bases__", ()):
+        for base in cls.__dict__.get("__orig_bases__", ()):
             for arg in get_args(base):
                 if isinstance(arg, type) and issubclass(arg, ActionParams):
                     cls.params_model = arg
