@@ -39,6 +39,8 @@ from unity.plugins.schemas import (
 from unity.plugins.sdk import PluginConfig
 
 DEFAULT_INSTANCE = "default"
+#: Longest time a tenant's cached plugin list lives (less when ``cache_ttl_status_s`` is).
+LIST_TTL_S = 5.0
 InstanceListener = Callable[[uuid.UUID], Awaitable[None]]
 
 log = structlog.stdlib.get_logger("unity.plugins")
@@ -161,6 +163,11 @@ class PluginService:
         spec = self._registry.get(plugin_id)
         if enabled and spec.broken:
             raise ConflictError(f"plugin {plugin_id} is broken and cannot be enabled: {spec.error}")
+        if enabled and spec.manifest is not None and spec.manifest.kind == "action":
+            raise ConflictError(
+                f"plugin {plugin_id} is an action: it is not scheduled, it runs through tasks "
+                "(POST /api/tasks/ with its id as the action)"
+            )
         now = self._clock.now()
         async with self._db.session() as session:
             plugin = await self._plugin_row(session, plugin_id)
@@ -236,6 +243,8 @@ class PluginService:
         spec = self._registry.get(plugin_id)
         if spec.broken:
             raise ConflictError(f"plugin {plugin_id} is broken: {spec.error}")
+        if spec.manifest is not None and spec.manifest.kind == "action":
+            raise ConflictError(f"plugin {plugin_id} is an action: it runs through tasks")
         now = self._clock.now()
         async with self._db.session() as session:
             plugin = await self._plugin_row(session, plugin_id)
@@ -270,9 +279,12 @@ class PluginService:
 
     def _is_runnable(self, plugin_id: str) -> bool:
         try:
-            return not self._registry.get(plugin_id).broken
+            spec = self._registry.get(plugin_id)
         except NotFoundError:  # a plugin row whose code disappeared
             return False
+        # Actions run through tasks, never on a collection schedule.
+        is_action = spec.manifest is not None and spec.manifest.kind == "action"
+        return not spec.broken and not is_action
 
     async def _notify(self, instance_id: uuid.UUID) -> None:
         if self.on_instance_changed is not None:
@@ -301,31 +313,72 @@ class PluginCatalog:
         limit: int = 10,
     ) -> tuple[list[PluginSummary], int]:
         """Plugins matching the filters, by id, and how many match."""
-        where: list[ColumnElement[bool]] = []
-        if enabled is not None:
-            runs = _enabled_in(tenant_id)
-            where.append(runs if enabled else ~runs)
-        if category is not None:
-            where.append(Plugin.category == category)
-        if kind is not None:
-            where.append(Plugin.kind == kind)
+        page = await self.list_data(
+            tenant_id=tenant_id,
+            enabled=enabled,
+            category=category,
+            kind=kind,
+            skip=skip,
+            limit=limit,
+        )
+        return [PluginSummary.model_validate(p) for p in page["items"]], page["total"]
+
+    async def list_data(
+        self,
+        *,
+        tenant_id: str,
+        enabled: bool | None = None,
+        category: str | None = None,
+        kind: str | None = None,
+        skip: int = 0,
+        limit: int = 10,
+    ) -> dict[str, Any]:
+        """A page of plugins as JSON values: ``{"items", "total", "skip", "limit"}``.
+
+        Served from the tenant's cached list of every plugin (see :func:`list_key`), filtered
+        and paged here: one cache read, no database, whatever the filters.
+        """
+        rows: list[dict[str, Any]] = await self._cache.get_or_set(
+            list_key(tenant_id), min(self._ttl.status_s, LIST_TTL_S), lambda: self._list(tenant_id)
+        )
+        if enabled is not None or category is not None or kind is not None:
+            rows = [
+                p
+                for p in rows
+                if (enabled is None or p["enabled"] is enabled)
+                and (category is None or p["category"] == category)
+                and (kind is None or p["kind"] == kind)
+            ]
+        return {
+            "items": rows[skip : skip + limit],
+            "total": len(rows),
+            "skip": skip,
+            "limit": limit,
+        }
+
+    async def _list(self, tenant_id: str) -> list[dict[str, Any]]:
         async with self._db.session() as session:
-            total = await session.scalar(select(func.count()).select_from(Plugin).where(*where))
-            plugins = list(
-                await session.scalars(
-                    select(Plugin)
-                    .where(*where)
-                    .order_by(Plugin.plugin_id)
-                    .offset(skip)
-                    .limit(limit)
-                )
-            )
+            plugins = list(await session.scalars(select(Plugin).order_by(Plugin.plugin_id)))
             instances = await self._instances(session, [p.id for p in plugins], tenant_id)
-        items = [self._summary(p, instances.get(p.id, [])) for p in plugins]
-        return items, int(total or 0)
+        return [self._summary(p, instances.get(p.id, [])).model_dump(mode="json") for p in plugins]
 
     async def detail(self, plugin_id: str, *, tenant_id: str) -> PluginDetail:
         """One plugin with its manifest, schema, metrics and the tenant's instances; 404 if unknown."""
+        return PluginDetail.model_validate(await self.detail_data(plugin_id, tenant_id=tenant_id))
+
+    async def ensure_known(self, plugin_id: str, *, tenant_id: str) -> None:
+        """Raise ``NotFoundError`` (404) unless the catalog holds ``plugin_id``.
+
+        Every discovered plugin has a row, so the registry answers without a read; only an
+        id it lacks (say, a row whose code disappeared) is looked up.
+        """
+        try:
+            self._registry.get(plugin_id)
+        except NotFoundError:
+            await self.detail_data(plugin_id, tenant_id=tenant_id)
+
+    async def detail_data(self, plugin_id: str, *, tenant_id: str) -> dict[str, Any]:
+        """:meth:`detail` as the JSON values the cache holds (no model built); 404 if unknown."""
 
         async def build() -> dict[str, Any]:
             async with self._db.session() as session:
@@ -346,10 +399,10 @@ class PluginCatalog:
             )
             return detail.model_dump(mode="json")
 
-        key = detail_key(plugin_id, tenant_id)
-        return PluginDetail.model_validate(
-            await self._cache.get_or_set(key, self._ttl.status_s, build)
+        data: dict[str, Any] = await self._cache.get_or_set(
+            detail_key(plugin_id, tenant_id), self._ttl.status_s, build
         )
+        return data
 
     async def categories(self, *, tenant_id: str) -> list[CategoryOut]:
         """Each category with its plugin counts (enabled: for this tenant)."""
@@ -375,7 +428,9 @@ class PluginCatalog:
 
     async def invalidate(self, plugin_id: str, tenant_id: str) -> None:
         """Forget cached reads about ``plugin_id`` in a tenant (enabled, disabled, reconfigured)."""
-        await self._cache.delete(*plugin_keys(plugin_id, tenant_id), *dashboard_keys(tenant_id))
+        await self._cache.delete(
+            *plugin_keys(plugin_id, tenant_id), *dashboard_keys(tenant_id), list_key(tenant_id)
+        )
 
     def _metrics(self, plugin_id: str) -> list[MetricInfo]:
         try:
@@ -440,6 +495,16 @@ class PluginCatalog:
             instance_count=len(instances),
             health=shown.value if shown else None,
         )
+
+
+def list_key(tenant_id: str) -> str:
+    """Every plugin's summary as a tenant sees it, by id: what ``GET /api/plugins`` pages.
+
+    Enabling, disabling or configuring through the catalog drops it at once; health changes
+    (executions, staleness) reach it within its TTL (:data:`LIST_TTL_S` at most), while the
+    per-plugin reads, which executions invalidate, show them at once.
+    """
+    return f"plugins:{tenant_id}:list"
 
 
 def _enabled_in(tenant_id: str) -> ColumnElement[bool]:

@@ -131,6 +131,16 @@ class Point:
     last: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SeriesSummary:
+    """Aggregates of every sample of one series (from the 1-hour rollups)."""
+
+    count: int
+    sum: float
+    min: float
+    max: float
+
+
 class MetricStore(ABC):
     """Time-series storage: series catalog, samples, rollups and instance snapshots."""
 
@@ -212,6 +222,10 @@ class MetricStore(ABC):
     @abstractmethod
     async def latest(self, series_ids: Sequence[int]) -> dict[int, Point]:
         """The newest raw sample of each series that has one."""
+
+    @abstractmethod
+    async def summarize(self, series_ids: Sequence[int]) -> dict[int, SeriesSummary]:
+        """Count, sum, min and max over all samples of each series that has any."""
 
     @abstractmethod
     async def latest_snapshot(

@@ -25,7 +25,13 @@ from unity.core.clock import Clock, SystemClock
 from unity.core.db import Database
 from unity.errors import DatabaseError
 from unity.metrics.models import Series, Snapshot, samples, samples_1h, samples_1m
-from unity.metrics.store.abc import MetricStore, SeriesInfo, SeriesKey, SnapshotWrite
+from unity.metrics.store.abc import (
+    MetricStore,
+    SeriesInfo,
+    SeriesKey,
+    SeriesSummary,
+    SnapshotWrite,
+)
 from unity.plugins.models import PluginInstance
 
 _Query = TypeVar("_Query", bound=Select[*tuple[Any, ...]])
@@ -249,6 +255,28 @@ class SqlMetricStore(MetricStore):
         )
         async with self._read() as conn:
             return int(await conn.scalar(query) or 0)
+
+    async def summarize(self, series_ids: Sequence[int]) -> dict[int, SeriesSummary]:
+        ids = sorted({int(i) for i in series_ids})
+        out: dict[int, SeriesSummary] = {}
+        async with self._read() as conn:
+            for part in chunks(ids):
+                result = await conn.execute(
+                    select(
+                        samples_1h.c.series_id,
+                        func.sum(samples_1h.c.count),
+                        func.sum(samples_1h.c.sum),
+                        func.min(samples_1h.c.min),
+                        func.max(samples_1h.c.max),
+                    )
+                    .where(samples_1h.c.series_id.in_(part))
+                    .group_by(samples_1h.c.series_id)
+                )
+                for series_id, count, total, low, high in result:
+                    out[int(series_id)] = SeriesSummary(
+                        int(count), float(total), float(low), float(high)
+                    )
+        return out
 
     async def delete_series(self, series_ids: Sequence[int]) -> None:
         ids = sorted(set(series_ids))

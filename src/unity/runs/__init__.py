@@ -1,0 +1,1 @@
+"""Tasks, runs and the plan → approval → apply engine."""
