@@ -102,8 +102,11 @@ def _unity_families(c: ComponentsDep) -> list[Metric]:
     cache_requests.add_metric(["miss", cache.backend], cache.misses)
     cache_errors = CounterMetricFamily("unity_cache_errors", "Cache backend errors (fell back).")
     cache_errors.add_metric([], cache.errors)
-    clients = GaugeMetricFamily("unity_websocket_clients", "Connected WebSocket clients.")
-    clients.add_metric([], c.hub.clients)
+    clients = GaugeMetricFamily(
+        "unity_websocket_clients", "Connected WebSocket clients.", labels=["endpoint"]
+    )
+    clients.add_metric(["metrics"], c.hub.clients)
+    clients.add_metric(["streams"], c.streams.clients)
     bus_stats = c.bus.stats
     events = CounterMetricFamily("unity_events_published", "Events published on the bus.")
     events.add_metric([], bus_stats.get("published", 0))
