@@ -29,9 +29,13 @@ from unity.core.clock import Clock
 from unity.core.http_security import install_http_security
 from unity.errors import DatabaseError, install_error_handlers, use_problem_media_type
 from unity.live import hub as live_hub
+from unity.live import streams as live_streams
+from unity.metrics import api as metrics_api
 from unity.metrics import prometheus
 from unity.plugins import api as plugins_api
 from unity.plugins.registry import PluginRegistry
+from unity.runs import api as runs_api
+from unity.webhooks import api as webhooks_api
 
 log = structlog.stdlib.get_logger("unity")
 
@@ -126,8 +130,13 @@ def create_app(
     app.include_router(plugins_api.router)
     for router in auth_api.routers:
         app.include_router(router)
+    for router in runs_api.routers:
+        app.include_router(router)
+    app.include_router(metrics_api.router)
+    app.include_router(webhooks_api.router)
     app.include_router(prometheus.router)
     app.include_router(live_hub.router)
+    app.include_router(live_streams.router)
 
     @app.get(
         "/health",

@@ -27,11 +27,21 @@ from unity.core.events import EventBus, create_event_bus
 from unity.core.migrations import upgrade
 from unity.errors import DatabaseError
 from unity.live.hub import LiveHub
-from unity.metrics.service import MetricsService
+from unity.live.streams import StreamHub
+from unity.metrics.service import MetricsService, SeriesService
 from unity.metrics.store import MetricStore, create_store
 from unity.metrics.writer import BatchWriter
 from unity.plugins.registry import PluginRegistry
 from unity.plugins.service import PluginCatalog, PluginService
+from unity.runs.executor import RunEngine
+from unity.runs.schedule import TaskScheduler
+from unity.runs.service import RunService, TaskService
+from unity.webhooks.crypto import load_secret_box
+from unity.webhooks.dispatcher import WebhookDispatcher
+from unity.webhooks.recorder import Recorder
+from unity.webhooks.sender import Sender, new_client
+from unity.webhooks.service import WebhookService
+from unity.webhooks.urls import UrlPolicy
 
 #: How often the scheduler prunes audit rows past their retention.
 AUDIT_PRUNE_INTERVAL_S = 3600.0
@@ -57,11 +67,23 @@ class Components:
     metrics: MetricsService
     bus: EventBus
     hub: LiveHub
+    streams: StreamHub
+    """``/ws/tasks``, ``/ws/runs`` and ``/ws/stream``."""
     keys: KeyService
     tenants: TenantService
     audit: AuditService
     admin_key: str | None
     """The admin key created at this start (first start only), to print once."""
+    webhooks: WebhookService
+    webhook_dispatcher: WebhookDispatcher
+    engine: RunEngine
+    """Moves runs through plan → approval → apply."""
+    tasks: TaskService
+    runs: RunService
+    task_scheduler: TaskScheduler | None
+    """Creates the runs of scheduled tasks (where this process schedules)."""
+    series: SeriesService
+    """Every series a tenant may read (``/api/metrics``)."""
 
 
 async def build_components(
@@ -101,6 +123,8 @@ async def build_components(
     cache = create_cache(settings)
     bus = create_event_bus(settings, history_size=settings.event_history_size)
     await bus.start()
+    webhooks, webhook_dispatcher = build_webhooks(settings, database, bus, clock)
+    await webhook_dispatcher.start()
 
     async def publish(event_type: str, data: dict[str, Any]) -> None:
         await bus.publish(event_type, data, tenant_id=data.get("tenant_id"))
@@ -158,6 +182,37 @@ async def build_components(
         )
         plugins.on_instance_changed = scheduler.sync_instance
         await scheduler.start()
+    streams = StreamHub(
+        bus=bus,
+        clock=clock,
+        heartbeat_s=settings.ws_heartbeat_s,
+        queue_size=settings.ws_queue_size,
+        authenticate=keys.authenticate,
+    )
+    await streams.start()
+    engine = RunEngine(
+        database=database,
+        registry=registry,
+        bus=bus,
+        writer=writer,
+        http=http,
+        clock=clock,
+        data_dir=settings.data_dir,
+        execute=with_scheduler,
+        check_interval_s=settings.run_check_interval_s,
+        shutdown_grace_s=settings.run_shutdown_grace_s,
+    )
+    await engine.start()
+    task_scheduler = None
+    if with_scheduler:
+        task_scheduler = TaskScheduler(database=database, engine=engine)
+        await task_scheduler.start()
+    tasks = TaskService(
+        database=database,
+        registry=registry,
+        clock=clock,
+        on_change=task_scheduler.sync if task_scheduler is not None else None,
+    )
     ttl = CacheTTL.from_settings(settings)
     return Components(
         settings=settings,
@@ -184,22 +239,73 @@ async def build_components(
             queue_size=settings.ws_queue_size,
             authenticate=keys.authenticate,
         ),
+        streams=streams,
         keys=keys,
         tenants=TenantService(database=database, clock=clock),
         audit=audit,
         admin_key=admin_key,
+        webhooks=webhooks,
+        webhook_dispatcher=webhook_dispatcher,
+        engine=engine,
+        tasks=tasks,
+        runs=RunService(database=database, engine=engine, store=store, clock=clock),
+        task_scheduler=task_scheduler,
+        series=SeriesService(database=database, store=store),
     )
+
+
+def build_webhooks(
+    settings: Settings, database: Database, bus: EventBus, clock: Clock
+) -> tuple[WebhookService, WebhookDispatcher]:
+    """The webhook service and its dispatcher (not started)."""
+    service = WebhookService(
+        database=database,
+        clock=clock,
+        box=load_secret_box(settings.data_dir, settings.webhook_secret_key),
+        policy=UrlPolicy.from_settings(
+            settings.webhook_allow_networks, settings.webhook_deny_networks
+        ),
+        rotation_grace_s=settings.webhook_rotation_grace_s,
+    )
+    recorder = Recorder(
+        database=database,
+        service=service,
+        bus=bus,
+        clock=clock,
+        retry_schedule_s=settings.webhook_retry_schedule_s,
+        disable_after_s=settings.webhook_disable_after_s,
+    )
+    client = new_client(settings.webhook_timeout_s, max_connections=settings.webhook_concurrency)
+    dispatcher = WebhookDispatcher(
+        database=database,
+        bus=bus,
+        service=service,
+        sender=Sender(client, clock=clock, timeout_s=settings.webhook_timeout_s),
+        recorder=recorder,
+        clock=clock,
+        concurrency=settings.webhook_concurrency,
+        poll_interval_s=settings.webhook_poll_interval_s,
+        lease_s=settings.webhook_lease_s,
+        deliver=settings.webhook_dispatch,
+        resume=settings.redis_url is not None,
+    )
+    return service, dispatcher
 
 
 async def close_components(components: Components) -> None:
     """Stop in reverse order; the writer flushes everything it accepted before closing."""
     if components.scheduler is not None:
         await components.scheduler.shutdown()
+    if components.task_scheduler is not None:
+        await components.task_scheduler.shutdown()
+    await components.engine.stop()
     await components.pipeline.close()
     await components.writer.stop()
     await components.audit.stop()
     await components.keys.stop()
     await components.http.aclose()
+    await components.webhook_dispatcher.stop()
+    await components.streams.stop()
     await components.bus.close()
     await components.cache.close()
     await components.store.close()

@@ -6,6 +6,7 @@ No module-level instance: ``create_app`` and the CLI build one and pass it down.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -96,6 +97,16 @@ class Settings(BaseSettings):
     audit_retention_days: int = Field(default=90, ge=1)
     audit_flush_interval_s: float = Field(default=1.0, gt=0)
 
+    # runs
+    run_check_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often approval deadlines are checked and waiting runs picked up.",
+    )
+    run_shutdown_grace_s: float = Field(
+        default=10.0, ge=0, description="How long a stopping Unity lets applies finish."
+    )
+
     # cache TTLs (seconds)
     cache_ttl_latest_s: int = 300
     cache_ttl_dashboard_s: int = 60
@@ -103,6 +114,57 @@ class Settings(BaseSettings):
     redis_retry_interval_s: float = Field(
         default=5.0, gt=0, description="How long Redis stays bypassed after a failure."
     )
+
+    # webhooks
+    webhook_dispatch: bool = Field(
+        default=True, description="Deliver webhooks from this process (off: only enqueue)."
+    )
+    webhook_retry_schedule_s: list[float] = Field(
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        min_length=1,
+        description="Delay before each attempt after the previous failure (with jitter); "
+        "a delivery is exhausted after the last.",
+    )
+    webhook_timeout_s: float = Field(default=15.0, gt=0, description="Per-attempt timeout.")
+    webhook_disable_after_s: float = Field(
+        default=5 * 86400, gt=0, description="Disable an endpoint failing for this long."
+    )
+    webhook_rotation_grace_s: float = Field(
+        default=86400, ge=0, description="How long the old secret also signs after a rotation."
+    )
+    webhook_allow_networks: list[str] = Field(
+        default_factory=list, description="When set, webhooks may only reach these networks."
+    )
+    webhook_deny_networks: list[str] = Field(
+        default_factory=list, description="Networks webhooks may not reach (CIDR)."
+    )
+    webhook_concurrency: int = Field(
+        default=64, ge=1, description="Endpoints delivered to at once by one process."
+    )
+    webhook_poll_interval_s: float = Field(
+        default=1.0, gt=0, description="How often the outbox is checked for due retries."
+    )
+    webhook_lease_s: float = Field(
+        default=60.0, gt=0, description="How long a process owns an endpoint's deliveries."
+    )
+    webhook_secret_key: str | None = Field(
+        default=None,
+        description="Fernet key encrypting webhook secrets; default <data_dir>/webhooks.key.",
+    )
+
+    @field_validator("webhook_retry_schedule_s")
+    @classmethod
+    def _non_negative_delays(cls, value: list[float]) -> list[float]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("retry delays must not be negative")
+        return value
+
+    @field_validator("webhook_allow_networks", "webhook_deny_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+        return value
 
     @field_validator("data_dir")
     @classmethod

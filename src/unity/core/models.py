@@ -12,7 +12,9 @@ from unity.collection import models as collection
 from unity.core.db import Base
 from unity.metrics import models as metrics
 from unity.plugins import models as plugins
+from unity.runs import models as runs
+from unity.webhooks import models as webhooks
 
 metadata = Base.metadata
 
-__all__ = ["alerts", "auth", "collection", "metadata", "metrics", "plugins"]
+__all__ = ["alerts", "auth", "collection", "metadata", "metrics", "plugins", "runs", "webhooks"]
