@@ -19,6 +19,11 @@ memory). The windows are charged shortest first, after a read of all of them, so
 request refused by one window consumes nothing elsewhere, except when concurrent
 requests race for a window's last unit.
 
+In memory, windows live in :class:`MovingWindowMemory`, a storage for ``limits``' own
+moving-window strategy that keeps each window's hits in a deque (constant time per hit);
+``limits``' ``MemoryStorage`` prepends every hit to a list and starts an expiry task per
+hit, which cost a millisecond per request under load.
+
 When Redis is unreachable, key limits fail open: requests pass unlimited (counted in
 ``stats.failed_open``), a warning is logged once and one line on recovery, and Redis is
 tried again after ``retry_interval_s``, not on every request. Failed authentications are
@@ -37,6 +42,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -45,7 +51,7 @@ from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerHour, Rat
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import ConfigurationError, StorageError
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from unity.auth.principal import Principal, RateLimits, Unauthorized
@@ -59,6 +65,7 @@ __all__ = [
     "AUTH_ERROR_STATE_KEY",
     "DEFAULT_EXCLUDED_PATHS",
     "PRINCIPAL_STATE_KEY",
+    "MovingWindowMemory",
     "RateLimitMiddleware",
     "RateLimitStats",
     "RateLimiter",
@@ -160,6 +167,101 @@ class Verdict:
             headers.append(("Retry-After", str(self.retry_after(now))))
         return headers
 
+    def raw_headers(self, now: float) -> list[tuple[bytes, bytes]]:
+        """:meth:`headers` as ASGI header pairs (lowercase names, Latin-1 bytes)."""
+        return [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in self.headers(now)]
+
+
+class _Window:
+    """The hits of one key within its window, oldest first."""
+
+    __slots__ = ("expiry", "hits")
+
+    def __init__(self, expiry: int) -> None:
+        self.expiry = expiry
+        self.hits: deque[float] = deque()
+
+    def prune(self, now: float) -> None:
+        cutoff = now - self.expiry
+        hits = self.hits
+        while hits and hits[0] <= cutoff:
+            hits.popleft()
+
+
+class MovingWindowMemory(MemoryStorage):
+    """In-process storage for ``limits``' moving-window strategy, in constant time per hit.
+
+    Each key (one window of one identity) keeps the times of its hits in a deque, oldest
+    first: a hit appends, a read drops what left the window. A window never holds more
+    than its limit, so memory is bounded by the limits in use; keys idle for longer than
+    their window are swept at most once a minute. No operation awaits anything, so each is
+    atomic on the event loop. Only the moving-window methods are provided.
+    """
+
+    SWEEP_INTERVAL_S = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._windows: dict[str, _Window] = {}
+        self._next_sweep = time.time() + self.SWEEP_INTERVAL_S
+
+    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        """Add ``amount`` hits at once if the window then holds at most ``limit``."""
+        return self.add(key, limit, expiry, amount, time.time())
+
+    async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        """The time of the oldest hit in the window (now when empty) and how many it holds."""
+        return self.window(key, time.time())
+
+    def add(self, key: str, limit: int, expiry: int, amount: int, now: float) -> bool:
+        """:meth:`acquire_entry` without the coroutine, at ``now`` (Unix time)."""
+        if amount > limit:
+            return False
+        window = self._window(key, expiry, now)
+        if len(window.hits) + amount > limit:
+            return False
+        window.hits.extend([now] * amount)
+        return True
+
+    def window(self, key: str, now: float) -> tuple[float, int]:
+        """:meth:`get_moving_window` without the coroutine, at ``now`` (Unix time)."""
+        window = self._windows.get(key)
+        if window is None:
+            return now, 0
+        window.prune(now)
+        hits = window.hits
+        return (hits[0], len(hits)) if hits else (now, 0)
+
+    async def clear(self, key: str) -> None:
+        """Forget the hits of ``key``."""
+        self._windows.pop(key, None)
+        await super().clear(key)
+
+    async def reset(self) -> int | None:
+        """Forget every window."""
+        self._windows.clear()
+        return await super().reset()
+
+    def _window(self, key: str, expiry: int, now: float) -> _Window:
+        if now >= self._next_sweep:
+            self._sweep(now)
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = _Window(expiry)
+        else:
+            window.prune(now)
+        return window
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + self.SWEEP_INTERVAL_S
+        idle = [k for k, w in self._windows.items() if not w.hits or w.hits[-1] <= now - w.expiry]
+        for key in idle:
+            del self._windows[key]
+
+
+_ADMITTED = Verdict(allowed=True)
+"""Admitted with nothing checked (no limits, failing open, no failed authentication)."""
+
 
 class RateLimiter:
     """Moving-window limits per API key and per client address for failed authentication.
@@ -200,8 +302,17 @@ class RateLimiter:
             *(base if isinstance(base, tuple) else (base,)),
         )
         self._limiter = MovingWindowRateLimiter(self._storage)
+        # (limits of a key) -> its windows as limits items, built once per distinct limits.
+        self._items: dict[RateLimits, tuple[tuple[str, int, RateLimitItem], ...]] = {}
+        # In memory, windows are read and charged without the strategy's coroutines; the
+        # storage keys of a (key, its limits) are built once.
+        self._memory = self._storage if isinstance(self._storage, MovingWindowMemory) else None
+        self._memory_keys: dict[tuple[str, RateLimits], tuple[str, ...]] = {}
+        # Addresses with a rejected key in the last minute: only those are checked against
+        # the failed-authentication window (its storage holds nothing for the others).
+        self._failing: dict[str, float] = {}
         # Failed authentication stays in memory so that an outage of Redis never lifts it.
-        self._auth_storage = MemoryStorage()
+        self._auth_storage = MovingWindowMemory()
         self._auth_limiter = MovingWindowRateLimiter(self._auth_storage)
         self._auth_item = RateLimitItemPerMinute(failed_auth_per_minute, namespace=_NAMESPACE)
         self._degraded = False
@@ -229,7 +340,11 @@ class RateLimiter:
 
     def limits_for(self, principal: Principal) -> RateLimits:
         """The limits applied to ``principal``: its own, with unset windows from the defaults."""
-        own, default = principal.limits, self._default_limits
+        return self._with_defaults(principal.limits)
+
+    def _with_defaults(self, own: RateLimits) -> RateLimits:
+        """``own`` limits with the windows they leave unset taken from the defaults."""
+        default = self._default_limits
         return RateLimits(
             per_minute=own.per_minute if own.per_minute is not None else default.per_minute,
             per_hour=own.per_hour if own.per_hour is not None else default.per_hour,
@@ -241,18 +356,15 @@ class RateLimiter:
 
         Never raises for a storage failure: an unreachable Redis admits the request unchecked.
         """
-        limits = self.limits_for(principal)
-        items = [
-            (name, window_s, cls(amount, namespace=_NAMESPACE))
-            for name, field, window_s, cls in _WINDOWS
-            if (amount := getattr(limits, field)) is not None
-        ]
+        items = self._items_for(principal.limits)
         if not items:
             self._allowed += 1
-            return Verdict(allowed=True)
+            return _ADMITTED
+        if self._memory is not None:
+            return self._acquire_in_memory(self._memory, principal, items)
         if not self._storage_usable():
             self._failed_open += 1
-            return Verdict(allowed=True)
+            return _ADMITTED
         identity = str(principal.key_id)
         try:
             # One read of every window first, so that an exhausted one refuses the request
@@ -271,20 +383,59 @@ class RateLimiter:
         except self._failures as exc:
             self._storage_failed(exc)
             self._failed_open += 1
-            return Verdict(allowed=True)
+            return _ADMITTED
         self._storage_recovered()
+        return self._verdict(
+            items, [(s.reset_time, s.remaining) for s in stats], violated, time.time()
+        )
+
+    def _acquire_in_memory(
+        self,
+        memory: MovingWindowMemory,
+        principal: Principal,
+        items: tuple[tuple[str, int, RateLimitItem], ...],
+    ) -> Verdict:
+        """:meth:`acquire` against memory: the same reads and charges, with nothing awaited."""
+        cache_key = (str(principal.key_id), principal.limits)
+        keys = self._memory_keys.get(cache_key)
+        if keys is None:
+            if len(self._memory_keys) >= 10_000:
+                self._memory_keys.clear()
+            keys = self._memory_keys[cache_key] = tuple(
+                item.key_for(cache_key[0]) for _, _, item in items
+            )
         now = time.time()
+        stats: list[tuple[float, int]] = []
+        violated: list[str] = []
+        for (name, window_s, item), key in zip(items, keys, strict=True):
+            start, count = memory.window(key, now)
+            stats.append((start + window_s, item.amount - count))
+            if count >= item.amount:
+                violated.append(name)
+        if not violated:
+            for (_, window_s, item), key in zip(items, keys, strict=True):
+                memory.add(key, item.amount, window_s, 1, now)
+        return self._verdict(items, stats, violated, now)
+
+    def _verdict(
+        self,
+        items: tuple[tuple[str, int, RateLimitItem], ...],
+        stats: list[tuple[float, int]],
+        violated: list[str],
+        now: float,
+    ) -> Verdict:
+        """The verdict from each window's (reset time, remaining) as read before charging."""
         charged = 0 if violated else 1
         windows = tuple(
             WindowState(
                 name=name,
                 quota=item.amount,
                 window_s=window_s,
-                remaining=0 if name in violated else max(0, s.remaining - charged),
+                remaining=0 if name in violated else max(0, remaining - charged),
                 # An empty window starts with this request.
-                reset_at=s.reset_time if s.remaining < item.amount else now + window_s,
+                reset_at=reset_at if remaining < item.amount else now + window_s,
             )
-            for (name, window_s, item), s in zip(items, stats, strict=True)
+            for (name, window_s, item), (reset_at, remaining) in zip(items, stats, strict=True)
         )
         if violated:
             self._limited += 1
@@ -292,11 +443,30 @@ class RateLimiter:
         self._allowed += 1
         return Verdict(allowed=True, windows=windows)
 
+    def _items_for(self, own: RateLimits) -> tuple[tuple[str, int, RateLimitItem], ...]:
+        items = self._items.get(own)
+        if items is None:
+            if len(self._items) >= 1024:  # keys with distinct limits are few; stay bounded
+                self._items.clear()
+            limits = self._with_defaults(own)
+            items = self._items[own] = tuple(
+                (name, window_s, cls(amount, namespace=_NAMESPACE))
+                for name, field, window_s, cls in _WINDOWS
+                if (amount := getattr(limits, field)) is not None
+            )
+        return items
+
     async def check_failed_auth(self, client: str) -> Verdict:
         """Whether ``client`` (an address) may still present keys; refused after too many failures."""
+        last = self._failing.get(client)
+        if last is None:
+            return _ADMITTED
+        if time.time() - last > 60:
+            del self._failing[client]
+            return _ADMITTED
         item = self._auth_item
         if await self._auth_limiter.test(item, client):
-            return Verdict(allowed=True)
+            return _ADMITTED
         stats = await self._auth_limiter.get_window_stats(item, client)
         self._auth_failures_limited += 1
         window = WindowState(
@@ -311,6 +481,10 @@ class RateLimiter:
     async def record_failed_auth(self, client: str) -> None:
         """Count a rejected key against ``client`` (an address)."""
         self._auth_failures += 1
+        if len(self._failing) >= 100_000:  # an address flood: forget the stale ones
+            cutoff = time.time() - 60
+            self._failing = {c: t for c, t in self._failing.items() if t > cutoff}
+        self._failing[client] = time.time()
         await self._auth_limiter.hit(self._auth_item, client)
 
     async def aclose(self) -> None:
@@ -429,16 +603,14 @@ class RateLimitMiddleware:
                 detail=f"Rate limit of this API key exceeded ({', '.join(verdict.violated)}).",
             )
             return
-        headers = verdict.headers(time.time())
-        if not headers:
+        if not verdict.windows:
             await self.app(scope, receive, send)
             return
+        headers = verdict.raw_headers(time.time())
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                response_headers = MutableHeaders(scope=message)
-                for name, value in headers:
-                    response_headers.append(name, value)
+                message["headers"] = [*message.get("headers", ()), *headers]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -490,7 +662,7 @@ def _open_storage(
 ) -> tuple[Storage, ConnectionPool | None]:
     """The storage for key windows, and the Redis connection pool to close after use."""
     if url is None:
-        return MemoryStorage(), None
+        return MovingWindowMemory(), None
     uri = _limits_uri(url)
     try:
         # Deferred: the redis package is an optional extra, needed only for shared windows.

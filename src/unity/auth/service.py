@@ -2,7 +2,9 @@
 
 Authentication is on the path of every request, so it is cheap: a secret that fails the
 format check is refused without a lookup, and a good one is looked up once and then
-served from an in-process cache for ``cache_ttl_s`` (at most 5 s). Revoking or changing
+served from an in-process cache for ``cache_ttl_s`` (at most 5 s). Concurrent requests
+missing the cache for the same key share one lookup (single flight), so an expiring
+entry under load costs one query, not one per request in flight. Revoking or changing
 a key drops its cache entries in the process that made the change at once; other
 processes (scale-out) notice within the TTL. Expiry and the end of a rotation's grace
 period are checked on every call, cached or not.
@@ -167,6 +169,8 @@ class KeyService:
         self._cache_size = cache_size
         self._cache: dict[str, _Cached] = {}
         self._epoch = 0  # bumped whenever a key changes; see authenticate()
+        # (digest, epoch) -> the lookup in flight; callers missing together await the same one.
+        self._lookups: dict[tuple[str, int], asyncio.Task[_Cached]] = {}
         self._usage = UsageRecorder(
             database=database, clock=clock, flush_interval_s=flush_interval_s
         )
@@ -198,12 +202,7 @@ class KeyService:
         digest = hash_secret(secret)
         entry = self._cache.get(digest)
         if entry is None or self._clock.monotonic() - entry.cached_at >= self._ttl:
-            epoch = self._epoch
-            entry = await self._load(digest)
-            # A revocation or change made while the row was being read must not be
-            # undone by caching what was read before it.
-            if epoch == self._epoch:
-                self._remember(digest, entry)
+            entry = await self._lookup(digest)
         now = self._clock.now()
         if entry.expires_at is not None and now >= entry.expires_at:
             raise Unauthorized(f"API key expired at {_iso(entry.expires_at)}")
@@ -214,6 +213,36 @@ class KeyService:
             )
         self._usage.touch(entry.principal.key_id, now)
         return entry.principal
+
+    async def _lookup(self, digest: str) -> _Cached:
+        """Load ``digest``'s key, sharing a load already in flight for it.
+
+        A load started before a key changed (``_epoch`` moved) is not joined: its read may
+        predate a revocation. The load runs as its own task, so a caller that is cancelled
+        (a client that went away) neither cancels it for the others nor leaves it half done.
+        """
+        flight = (digest, self._epoch)
+        task = self._lookups.get(flight)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load_and_remember(digest))
+            self._lookups[flight] = task
+            task.add_done_callback(lambda done: self._landed(flight, done))
+        return await asyncio.shield(task)
+
+    async def _load_and_remember(self, digest: str) -> _Cached:
+        epoch = self._epoch
+        entry = await self._load(digest)
+        # A revocation or change made while the row was being read must not be
+        # undone by caching what was read before it.
+        if epoch == self._epoch:
+            self._remember(digest, entry)
+        return entry
+
+    def _landed(self, flight: tuple[str, int], task: asyncio.Task[_Cached]) -> None:
+        if self._lookups.get(flight) is task:
+            del self._lookups[flight]
+        if not task.cancelled():
+            task.exception()  # retrieved: every caller may have gone before it ended
 
     async def _load(self, digest: str) -> _Cached:
         try:

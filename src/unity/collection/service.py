@@ -74,6 +74,12 @@ class CollectionService:
 
     async def plugin_status(self, plugin_id: str, *, tenant_id: str) -> PluginStatusOut:
         """The plugin's health (worst enabled instance), counters and latest execution."""
+        return PluginStatusOut.model_validate(
+            await self.plugin_status_data(plugin_id, tenant_id=tenant_id)
+        )
+
+    async def plugin_status_data(self, plugin_id: str, *, tenant_id: str) -> dict[str, Any]:
+        """:meth:`plugin_status` as the JSON values the cache holds (no model built)."""
 
         async def build() -> dict[str, Any]:
             instances = await self.instance_statuses(plugin_id, tenant_id)
@@ -101,10 +107,10 @@ class CollectionService:
             )
             return status.model_dump(mode="json")
 
-        data = await self._cache.get_or_set(
+        data: dict[str, Any] = await self._cache.get_or_set(
             status_key(plugin_id, tenant_id), self._ttl.status_s, build
         )
-        return PluginStatusOut.model_validate(data)
+        return data
 
     async def executions(
         self,
@@ -141,6 +147,10 @@ class CollectionService:
 
         Series and sample counts are store-wide: the store counts rows, not tenants.
         """
+        return StatsSummary.model_validate(await self.summary_data(tenant_id=tenant_id))
+
+    async def summary_data(self, *, tenant_id: str) -> dict[str, Any]:
+        """:meth:`summary` as the JSON values the cache holds (no model built)."""
 
         async def build() -> dict[str, Any]:
             since = self._clock.now() - timedelta(hours=1)
@@ -207,6 +217,7 @@ class CollectionService:
             )
             return summary.model_dump(mode="json")
 
-        return StatsSummary.model_validate(
-            await self._cache.get_or_set(summary_key(tenant_id), self._ttl.dashboard_s, build)
+        data: dict[str, Any] = await self._cache.get_or_set(
+            summary_key(tenant_id), self._ttl.dashboard_s, build
         )
+        return data

@@ -20,10 +20,9 @@ Keys travel in headers, never cookies, so credentials mode stays off.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from starlette.applications import Starlette
-from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -82,6 +81,12 @@ _ALWAYS = (
 )
 
 
+_ALWAYS_RAW = tuple((n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in _ALWAYS)
+_DOCS_CSP_RAW = DOCS_CSP.encode("latin-1")
+_DASHBOARD_CSP_RAW = DASHBOARD_CSP.encode("latin-1")
+_NON_HTML_CSP_RAW = NON_HTML_CSP.encode("latin-1")
+
+
 class SecurityHeadersMiddleware:
     """Adds the security header fields described in this module to every HTTP response."""
 
@@ -108,21 +113,39 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in _ALWAYS:
-                    headers.setdefault(name, value)
-                if is_docs:
-                    csp = DOCS_CSP
-                elif headers.get("content-type", "").startswith("text/html"):
-                    csp = DASHBOARD_CSP
-                else:
-                    csp = NON_HTML_CSP
-                headers.setdefault("Content-Security-Policy", csp)
-                if is_api:
-                    headers.setdefault("Cache-Control", "no-store")
+                message["headers"] = _with_security_headers(
+                    message.get("headers", ()), is_docs=is_docs, is_api=is_api
+                )
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _with_security_headers(
+    raw: Iterable[tuple[bytes, bytes]], *, is_docs: bool, is_api: bool
+) -> list[tuple[bytes, bytes]]:
+    """``raw`` (ASGI header pairs) plus each security field it does not set itself.
+
+    One pass over the response's fields, then appends of pre-encoded pairs: this runs on
+    every response.
+    """
+    headers = list(raw)
+    present = set()
+    html = False
+    for name, value in headers:
+        name = name.lower()
+        present.add(name)
+        if name == b"content-type" and value.startswith(b"text/html"):
+            html = True
+    for name, value in _ALWAYS_RAW:
+        if name not in present:
+            headers.append((name, value))
+    if b"content-security-policy" not in present:
+        csp = _DOCS_CSP_RAW if is_docs else _DASHBOARD_CSP_RAW if html else _NON_HTML_CSP_RAW
+        headers.append((b"content-security-policy", csp))
+    if is_api and b"cache-control" not in present:
+        headers.append((b"cache-control", b"no-store"))
+    return headers
 
 
 def install_http_security(app: Starlette, *, cors_origins: Sequence[str] = ()) -> None:

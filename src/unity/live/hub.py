@@ -7,11 +7,14 @@
     {"type": "heartbeat", "timestamp", "active_connections"}
 
 An event is serialised once, however many clients receive it (a small cache keyed by
-``seq``): fan-out cost is a send per client, not a ``json.dumps`` per client.
+``seq``), and the hub writes it to every direct client from its own task (see
+:mod:`unity.live.connection`): fan-out costs one socket write per client, not a
+``json.dumps``, a queue and a task wake-up per client.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from typing import Any
 
@@ -19,13 +22,16 @@ import orjson
 from fastapi import APIRouter, WebSocket
 
 from unity.core.clock import Clock
-from unity.core.events import EventBus
+from unity.core.events import EventBus, Lag, Subscription, SubscriptionClosed
 from unity.core.events.abc import Event
 from unity.live.auth import Authenticate, authenticate_websocket, close_forbidden, tenant_of
 from unity.live.connection import LiveConnection
 
 METRIC_EVENTS = ("metrics.updated", "execution.completed", "execution.failed")
 _ENCODED_CACHE = 512
+#: Events the hub's own subscription holds while it is busy writing (then it drops and
+#: tells every direct client it lagged). Writes never wait, so this is rarely reached.
+_HUB_QUEUE = 10_000
 
 router = APIRouter()
 
@@ -48,7 +54,10 @@ class LiveHub:
         self.heartbeat_s = heartbeat_s
         self.queue_size = queue_size
         self.clients = 0
-        self._encoded: OrderedDict[int, bytes | None] = OrderedDict()
+        self._encoded: OrderedDict[int, str | None] = OrderedDict()
+        # Direct clients by tenant; the pump task runs while there are clients.
+        self._direct: dict[str, set[LiveConnection]] = {}
+        self._pump: asyncio.Task[None] | None = None
 
     def heartbeat(self) -> dict[str, Any]:
         return {
@@ -57,16 +66,71 @@ class LiveHub:
             "active_connections": self.clients,
         }
 
-    def encode_metrics(self, event: Event) -> bytes | None:
+    def encode_metrics(self, event: Event) -> str | None:
         """The ``/ws/metrics`` message of ``event``, serialised once per event."""
         if event.seq in self._encoded:
             return self._encoded[event.seq]
         message = metrics_message(event)
-        encoded = orjson.dumps(message) if message is not None else None
+        encoded = orjson.dumps(message).decode() if message is not None else None
         self._encoded[event.seq] = encoded
         if len(self._encoded) > _ENCODED_CACHE:
             self._encoded.popitem(last=False)
         return encoded
+
+    async def serve(self, connection: LiveConnection, since: int | None) -> None:
+        """Serve ``connection`` until it ends: direct delivery unless it asked for ``since``."""
+        self.clients += 1
+        if since is None:
+            self._ensure_pump()
+            self._direct.setdefault(connection.tenant_id, set()).add(connection)
+        try:
+            await connection.serve(since)
+        finally:
+            self.clients -= 1
+            direct = self._direct.get(connection.tenant_id)
+            if direct is not None:
+                direct.discard(connection)
+                if not direct:
+                    del self._direct[connection.tenant_id]
+
+    def _ensure_pump(self) -> None:
+        if self._pump is None or self._pump.done():
+            # Subscribed here, not in the task: no event published from now on is missed.
+            subscription = self.bus.subscribe(maxsize=_HUB_QUEUE, types=METRIC_EVENTS)
+            self._pump = asyncio.get_running_loop().create_task(self._fan_out(subscription))
+
+    async def _fan_out(self, subscription: Subscription) -> None:
+        """Write each metrics event to every direct client that wants it, until no client is
+        left or the bus closes."""
+        with subscription:
+            while self._direct:
+                try:
+                    item = await subscription.get()
+                except SubscriptionClosed:
+                    for clients in list(self._direct.values()):
+                        for connection in list(clients):
+                            connection.hub_closed()
+                    return
+                if isinstance(item, Event):
+                    audience = self._direct.get(item.tenant_id or "")
+                    if not audience:
+                        continue
+                    text = self.encode_metrics(item)
+                    if text is None:
+                        continue
+                    plugin_id = item.data.get("plugin_id")
+                    for connection in list(audience):
+                        if not connection.direct:
+                            audience.discard(connection)  # it has a subscription of its own now
+                        elif connection.wants(plugin_id):
+                            connection.deliver(item.seq, text)
+                else:
+                    for clients in list(self._direct.values()):
+                        for connection in list(clients):
+                            if isinstance(item, Lag):
+                                connection.lag(item.dropped)
+                            else:
+                                connection.resync(item)
 
 
 def metrics_message(event: Event) -> dict[str, Any] | None:
@@ -129,8 +193,4 @@ async def ws_metrics(websocket: WebSocket) -> None:
             await connection.send(
                 {"type": "error", "detail": "since must be a non-negative integer"}
             )
-    hub.clients += 1
-    try:
-        await connection.serve(since)
-    finally:
-        hub.clients -= 1
+    await hub.serve(connection, since)

@@ -1,13 +1,23 @@
-"""``/api/plugins``: the catalog, enabling and configuring, status, metrics and executions."""
+"""``/api/plugins``: the catalog, enabling and configuring, status, metrics and executions.
+
+The hot reads (list, detail, status, latest metrics, summary) answer with the JSON the
+cache holds, encoded once by orjson into the response body: their ``response_model`` only
+documents the shape, since FastAPI passes a returned ``Response`` through as it is.
+Decoding the cached values into models and validating and serialising them again took
+most of those requests' time. The reads also take the components from the request rather
+than through a dependency.
+"""
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+import orjson
+from fastapi import APIRouter, Path, Query, Request, Response
 
-from unity.core.pagination import Page, PageDep
+from unity.components import Components
+from unity.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 from unity.core.params import IsoDatetime
 from unity.deps import Caller, ComponentsDep, access
 from unity.errors import BadRequestError, problem_responses
@@ -35,35 +45,38 @@ PluginIdPath = Annotated[
 ]
 
 
-@router.get("", summary="List plugins")
+@router.get("", summary="List plugins", response_model=Page[PluginSummary])
 async def list_plugins(
-    c: ComponentsDep,
+    request: Request,
     caller: Annotated[Caller, access("plugins:read")],
-    page: PageDep,
+    skip: Annotated[int, Query(ge=0, le=1_000_000, description="Items to skip.")] = 0,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_LIMIT, description=f"Items per page (max {MAX_LIMIT}).")
+    ] = DEFAULT_LIMIT,
     enabled: Annotated[
         bool | None, Query(description="Only enabled (or disabled) plugins.")
     ] = None,
     category: Annotated[str | None, Query(max_length=50, examples=["network"])] = None,
     kind: Annotated[PluginKind | None, Query()] = None,
-) -> Page[PluginSummary]:
+) -> Response:
     """Every known plugin, built-in or third-party, broken ones included, by id."""
-    items, total = await c.catalog.list_plugins(
+    page = await _components(request).catalog.list_data(
         tenant_id=caller.tenant,
         enabled=enabled,
         category=category,
         kind=kind,
-        skip=page.skip,
-        limit=page.limit,
+        skip=skip,
+        limit=limit,
     )
-    return Page(items=items, total=total, skip=page.skip, limit=page.limit)
+    return _json(page)
 
 
-@router.get("/stats/summary", summary="Summary figures")
+@router.get("/stats/summary", summary="Summary figures", response_model=StatsSummary)
 async def stats_summary(
-    c: ComponentsDep, caller: Annotated[Caller, access("plugins:read")]
-) -> StatsSummary:
+    request: Request, caller: Annotated[Caller, access("plugins:read")]
+) -> Response:
     """Plugins, instances by health, stored data and last hour's executions."""
-    return await c.collection.summary(tenant_id=caller.tenant)
+    return _json(await _components(request).collection.summary_data(tenant_id=caller.tenant))
 
 
 @router.get("/categories/list", summary="Plugin categories")
@@ -74,12 +87,13 @@ async def categories(
     return await c.catalog.categories(tenant_id=caller.tenant)
 
 
-@router.get("/{plugin_id}", summary="Plugin details")
+@router.get("/{plugin_id}", summary="Plugin details", response_model=PluginDetail)
 async def get_plugin(
-    c: ComponentsDep, caller: Annotated[Caller, access("plugins:read")], plugin_id: PluginIdPath
-) -> PluginDetail:
+    request: Request, caller: Annotated[Caller, access("plugins:read")], plugin_id: PluginIdPath
+) -> Response:
     """Manifest, config and its JSON Schema, declared metrics, instances with their health."""
-    return await c.catalog.detail(plugin_id, tenant_id=caller.tenant)
+    catalog = _components(request).catalog
+    return _json(await catalog.detail_data(plugin_id, tenant_id=caller.tenant))
 
 
 @router.post(
@@ -103,30 +117,35 @@ async def enable_plugin(
     return await c.catalog.detail(plugin_id, tenant_id=caller.tenant)
 
 
-@router.get("/{plugin_id}/status", summary="Plugin health")
+@router.get("/{plugin_id}/status", summary="Plugin health", response_model=PluginStatusOut)
 async def plugin_status(
-    c: ComponentsDep, caller: Annotated[Caller, access("plugins:read")], plugin_id: PluginIdPath
-) -> PluginStatusOut:
+    request: Request, caller: Annotated[Caller, access("plugins:read")], plugin_id: PluginIdPath
+) -> Response:
     """Health (the worst of its enabled instances), error counts, last execution, success and error."""
-    await c.catalog.detail(plugin_id, tenant_id=caller.tenant)
-    return await c.collection.plugin_status(plugin_id, tenant_id=caller.tenant)
+    c = _components(request)
+    await c.catalog.ensure_known(plugin_id, tenant_id=caller.tenant)
+    return _json(await c.collection.plugin_status_data(plugin_id, tenant_id=caller.tenant))
 
 
-@router.get("/{plugin_id}/metrics", summary="Latest metrics")
+@router.get("/{plugin_id}/metrics", summary="Latest metrics", response_model=LatestMetricsOut)
 async def latest_metrics(
-    c: ComponentsDep,
+    request: Request,
     caller: Annotated[Caller, access("metrics:read")],
     plugin_id: PluginIdPath,
     limit: Annotated[int, Query(ge=1, le=1000, description="Series to return.")] = 100,
-) -> LatestMetricsOut:
+) -> Response:
     """The newest value of each of the plugin's series, and its latest snapshot."""
-    detail = await c.catalog.detail(plugin_id, tenant_id=caller.tenant)
-    return await c.metrics.latest(
-        plugin_id,
-        tenant_id=caller.tenant,
-        instance_ids=[i.id for i in detail.instances],
-        limit=limit,
+    c = _components(request)
+    await c.catalog.ensure_known(plugin_id, tenant_id=caller.tenant)
+
+    async def instance_ids() -> list[uuid.UUID]:  # only when the latest values are not cached
+        detail = await c.catalog.detail_data(plugin_id, tenant_id=caller.tenant)
+        return [uuid.UUID(i["id"]) for i in detail["instances"]]
+
+    latest = await c.metrics.latest_data(
+        plugin_id, tenant_id=caller.tenant, instance_ids=instance_ids, limit=limit
     )
+    return _json(latest)
 
 
 @router.get("/{plugin_id}/metrics/history", summary="Metric history")
@@ -195,6 +214,16 @@ async def executions(
         limit=limit,
     )
     return Page(items=items, total=total, skip=skip, limit=limit)
+
+
+def _components(request: Request) -> Components:
+    components: Components = request.app.state.components
+    return components
+
+
+def _json(data: Any) -> Response:
+    """``data`` (JSON values, as the cache holds them) as an ``application/json`` response."""
+    return Response(orjson.dumps(data), media_type="application/json")
 
 
 def _labels(pairs: list[str]) -> dict[str, str]:
