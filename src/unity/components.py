@@ -39,7 +39,7 @@ from unity.runs.service import RunService, TaskService
 from unity.webhooks.crypto import load_secret_box
 from unity.webhooks.dispatcher import WebhookDispatcher
 from unity.webhooks.recorder import Recorder
-from unity.webhooks.sender import Sender, new_client
+from unity.webhooks.sender import Sender
 from unity.webhooks.service import WebhookService
 from unity.webhooks.urls import UrlPolicy
 
@@ -275,12 +275,16 @@ def build_webhooks(
         retry_schedule_s=settings.webhook_retry_schedule_s,
         disable_after_s=settings.webhook_disable_after_s,
     )
-    client = new_client(settings.webhook_timeout_s, max_connections=settings.webhook_concurrency)
     dispatcher = WebhookDispatcher(
         database=database,
         bus=bus,
         service=service,
-        sender=Sender(client, clock=clock, timeout_s=settings.webhook_timeout_s),
+        sender=Sender(
+            clock=clock,
+            policy=service.policy,
+            timeout_s=settings.webhook_timeout_s,
+            max_connections=settings.webhook_concurrency,
+        ),
         recorder=recorder,
         clock=clock,
         concurrency=settings.webhook_concurrency,

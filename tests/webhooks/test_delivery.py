@@ -190,3 +190,55 @@ async def test_a_tenants_webhook_never_receives_another_tenants_events(
     await wait_until(lambda: len(beta_rx.received()) == 1, "beta's one")
     assert [b["data"].get("name") for b in default_rx.bodies()] == ["for-default", "System"]
     assert [b["data"]["name"] for b in beta_rx.bodies()] == ["for-beta"]
+
+
+async def test_many_deliveries_arrive_once_each_in_order_across_windows(
+    api: Api, receiver: Receiver
+) -> None:
+    client, c = api
+    created = await create_webhook(client, receiver.url())
+    # The 121st request (in the lane's second window of rows) fails once and is retried.
+    receiver.reply(*[Reply()] * 120, Reply(status=500))
+    names = [f"n{i}" for i in range(250)]
+    for name in names:
+        await c.bus.publish("api_key.created", key_event(name), tenant_id="default")
+    await wait_until(lambda: len(receiver.received()) >= 251, "every delivery", within=20)
+
+    async def recorded() -> bool:
+        stats = (await client.get(f"/api/webhooks/{created['id']}/stats")).json()
+        return bool(stats["attempts"] == 251)
+
+    await wait_until(recorded, "every attempt to be recorded")
+    sent = [b["data"]["name"] for b in receiver.bodies()]
+    assert sent == names[:121] + names[120:]  # the failed one again, then the rest in order
+    stats = (await client.get(f"/api/webhooks/{created['id']}/stats")).json()
+    assert stats["by_status"]["success"] == 250
+    assert len(receiver.received()) == 251  # nothing was sent twice after it succeeded
+
+
+async def test_a_host_name_resolving_to_a_denied_network_is_refused_when_connecting(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    async with app_client(
+        tmp_path, webhook_deny_networks=["127.0.0.0/8", "::1/128"], webhook_timeout_s=2.0
+    ) as (client, _):
+        # A name is accepted when saved; its addresses are checked when it is reached.
+        created = await create_webhook(client, f"http://localhost:{receiver.port}/hook")
+        outcome = (await client.post(f"/api/webhooks/{created['id']}/test")).json()
+        assert outcome["success"] is False
+        assert outcome["status_code"] is None
+        assert outcome["error"].startswith("refused: localhost: ")
+        assert "webhook_deny_networks" in outcome["error"]
+        assert receiver.received() == []
+
+
+async def test_an_endpoint_that_answers_too_late_is_a_failed_attempt(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    async with app_client(tmp_path, webhook_timeout_s=0.3) as (client, _):
+        created = await create_webhook(client, receiver.url())
+        receiver.reply(Reply(delay_s=1.0))
+        outcome = (await client.post(f"/api/webhooks/{created['id']}/test")).json()
+        assert outcome["success"] is False
+        assert outcome["error"] == "no answer within 0.3 s"
+        assert len(receiver.received()) == 1

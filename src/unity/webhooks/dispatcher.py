@@ -18,6 +18,9 @@ others. A supervisor starts a lane for each endpoint whose head is due, woken by
 and otherwise every ``webhook_poll_interval_s``. A process owns a lane through a lease on
 the endpoint's row (``lease_owner``/``lease_until``, renewed as it goes), so several
 processes sharing PostgreSQL never deliver one endpoint's rows twice or out of order.
+Outcomes go to the :class:`Recorder`, which commits many at once; a lane does not wait for
+them between windows (it reads the next window after the last row it delivered), only
+before it lets go of the endpoint, so a new lane never finds a delivered row still pending.
 Because every row is in the database before it is sent, a restart (even ``kill -9``)
 resumes where it stopped: an attempt in flight at the kill is repeated with the same
 ``webhook-id`` (receivers deduplicate on it).
@@ -42,6 +45,7 @@ from unity.webhooks.models import Webhook, WebhookDelivery
 from unity.webhooks.recorder import DeliveryRef, Recorder
 from unity.webhooks.sender import AttemptResult, Sender
 from unity.webhooks.service import OutboxEvent, WebhookService
+from unity.webhooks.signing import secret_key
 from unity.webhooks.urls import UnsafeUrl
 
 __all__ = ["TRANSACTIONAL_TYPES", "WebhookDispatcher"]
@@ -61,7 +65,8 @@ _LISTEN_QUEUE = 100_000
 @dataclass(frozen=True, slots=True)
 class _Target:
     url: str
-    secrets: list[str]
+    keys: tuple[bytes, ...]
+    """The signing keys of the endpoint's secrets valid now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,35 +330,64 @@ class WebhookDispatcher:
                 self.wake()
 
     async def _run_lane(self, webhook_id: uuid.UUID) -> None:
+        submitted: list[asyncio.Future[None]] = []
+        cancelled = False
+        try:
+            await self._deliver_lane(webhook_id, submitted)
+        except asyncio.CancelledError:
+            cancelled = True  # stopping: the recorder writes what it holds when it stops
+            raise
+        finally:
+            if submitted and not cancelled:
+                # Before the lane lets go, everything it submitted is committed (outcomes
+                # commit in submission order: the last one done means all are); otherwise
+                # a new lane would find those rows still pending and send them again.
+                await submitted[-1]
+
+    async def _deliver_lane(
+        self, webhook_id: uuid.UUID, submitted: list[asyncio.Future[None]]
+    ) -> None:
+        """Send the endpoint's due rows in order until none is due or one fails."""
         refused: str | None = None
         checked = False
+        # Rows up to ``sent`` were delivered and handed to the recorder. The next window
+        # starts after them, so reading it need not wait for their outcomes to be committed:
+        # the requests and the attempt log overlap.
+        sent = 0
         while not self._stopping:
-            claim = await self._claim(webhook_id)
+            claim = await self._claim(webhook_id, after=sent)
             if claim is None:
                 return
             target, window = claim
             if not window:
                 return
             if not checked:
-                refused = await self._refusal(target.url)
+                refused = self._refusal(target.url)
                 checked = True
-            last: asyncio.Future[None] | None = None
+            # A window of slow answers may outlast the lease: claim again (which renews it)
+            # well before it runs out.
+            renew_at = self._clock.now() + self._lease / 3
             for row in window:
                 if row.next_attempt_at is None or row.next_attempt_at > self._clock.now():
-                    if last is not None:
-                        await last
                     return
                 result = await self._attempt(target, row, refused)
-                last = self._recorder.submit(DeliveryRef(row.id, webhook_id, row.attempts), result)
+                ref = DeliveryRef(row.id, webhook_id, row.attempts)
+                submitted[:] = [self._recorder.submit(ref, result)]
                 if not result.success:
-                    await last  # the retry time is stored before the lane lets go
-                    return
-            if last is not None:
-                await last  # the next window must not see these rows as pending
+                    return  # its retry time is committed before the lane lets go
+                sent = row.id
+                if self._clock.now() >= renew_at:
+                    break
 
-    async def _refusal(self, url: str) -> str | None:
+    def _target(self, webhook: Webhook) -> _Target:
+        keys = tuple(secret_key(s) for s in self._service.secrets_of(webhook))
+        return _Target(webhook.url, keys)
+
+    def _refusal(self, url: str) -> str | None:
+        # The URL's form and a literal address; a host name's addresses are checked by the
+        # sender's resolver when it connects (no gap for the name to change in between).
         try:
-            await self._service.policy.check_host(url)
+            self._service.policy.check_url(url)
         except UnsafeUrl as exc:
             return f"refused: {exc}"
         return None
@@ -361,10 +395,16 @@ class WebhookDispatcher:
     async def _attempt(self, target: _Target, row: _Row, refused: str | None) -> AttemptResult:
         if refused is not None:
             return AttemptResult(started_at=self._clock.now(), success=False, error=refused)
-        return await self._sender.send(target.url, target.secrets, row.message_id, row.body)
+        return await self._sender.send(target.url, target.keys, row.message_id, row.body)
 
-    async def _claim(self, webhook_id: uuid.UUID) -> tuple[_Target, list[_Row]] | None:
-        """Take (or renew) the endpoint's lease and read its next window of pending rows."""
+    async def _claim(
+        self, webhook_id: uuid.UUID, *, after: int = 0
+    ) -> tuple[_Target, list[_Row]] | None:
+        """Take (or renew) the endpoint's lease and read its next window of pending rows.
+
+        ``after``: the last row this lane delivered; rows up to it are pending only until
+        the recorder commits their outcome.
+        """
         now = self._clock.now()
         async with self._db.session() as session:
             taken = await session.execute(
@@ -386,7 +426,7 @@ class WebhookDispatcher:
             webhook = await session.get(Webhook, webhook_id)
             if webhook is None:
                 return None
-            target = _Target(webhook.url, self._service.secrets_of(webhook))
+            target = self._target(webhook)
             rows = await session.execute(
                 select(
                     WebhookDelivery.id,
@@ -396,7 +436,9 @@ class WebhookDispatcher:
                     WebhookDelivery.next_attempt_at,
                 )
                 .where(
-                    WebhookDelivery.webhook_id == webhook_id, WebhookDelivery.status == "pending"
+                    WebhookDelivery.webhook_id == webhook_id,
+                    WebhookDelivery.status == "pending",
+                    WebhookDelivery.id > after,
                 )
                 .order_by(WebhookDelivery.id)
                 .limit(WINDOW)
@@ -430,7 +472,7 @@ class WebhookDispatcher:
             webhook = await session.get(Webhook, delivery.webhook_id)
             if webhook is None:
                 raise NotFoundError(f"no webhook {delivery.webhook_id}")
-            target = _Target(webhook.url, self._service.secrets_of(webhook))
+            target = self._target(webhook)
             row = _Row(
                 delivery.id,
                 delivery.message_id,
@@ -438,7 +480,7 @@ class WebhookDispatcher:
                 delivery.attempts,
                 delivery.next_attempt_at,
             )
-        result = await self._attempt(target, row, await self._refusal(target.url))
+        result = await self._attempt(target, row, self._refusal(target.url))
         await self._recorder.submit(DeliveryRef(row.id, webhook.id, row.attempts), result)
         return result
 

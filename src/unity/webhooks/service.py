@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 from sqlalchemy import Select, delete, func, select, update
@@ -42,6 +42,9 @@ from unity.webhooks.schemas import (
 )
 from unity.webhooks.signing import generate_secret
 from unity.webhooks.urls import UnsafeUrl, UrlPolicy
+
+if TYPE_CHECKING:
+    from sqlalchemy import Table
 
 __all__ = ["OutboxEvent", "WebhookService", "body_of", "new_message_id"]
 
@@ -270,7 +273,9 @@ class WebhookService:
                     }
                 )
         if rows:
-            insert = (postgresql.insert if self._db.is_postgres else sqlite.insert)(WebhookDelivery)
+            # The table, not the entity: a Core executemany skips the ORM's bulk-insert work.
+            table = cast("Table", WebhookDelivery.__table__)
+            insert = (postgresql.insert if self._db.is_postgres else sqlite.insert)(table)
             await session.execute(insert.on_conflict_do_nothing(), rows)
         return len(rows)
 

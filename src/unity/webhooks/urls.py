@@ -6,15 +6,15 @@ unspecified and multicast addresses. Loopback and private networks are allowed b
 because a homelab's receivers (Home Assistant, n8n, ntfy) live there; the settings
 ``webhook_allow_networks`` (when set, only these) and ``webhook_deny_networks`` narrow it.
 
-Checks happen twice: on the URL when a webhook is saved, and on every address its host
-resolves to before each delivery run (a name may start pointing elsewhere).
+Checks happen twice: on the URL when a webhook is saved (its form, and the address when it
+is written as one), and on every address a host name resolves to, by the sender's resolver
+each time it opens a connection (a name may start pointing elsewhere; checking where the
+connection is made leaves it no gap to change in).
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -72,8 +72,8 @@ class UrlPolicy:
     def check_url(self, url: str) -> str:
         """``url`` unchanged if its form is allowed; ``UnsafeUrl`` saying why not.
 
-        An address written in the URL is checked here; a host name is checked when it is
-        resolved (:meth:`check_host`).
+        An address written in the URL is checked here; a host name's addresses are checked
+        when it is resolved (:meth:`check_address`, from the sender's resolver).
         """
         try:
             parts = urlsplit(url)
@@ -107,23 +107,6 @@ class UrlPolicy:
             raise UnsafeUrl(f"{address} is in a network denied by webhook_deny_networks")
         if self.allow and not any(address in network for network in self.allow):
             raise UnsafeUrl(f"{address} is outside the networks in webhook_allow_networks")
-
-    async def check_host(self, url: str) -> None:
-        """Resolve the URL's host and check every address it has; ``UnsafeUrl`` if one fails."""
-        self.check_url(url)
-        parts = urlsplit(url)
-        host = (parts.hostname or "").rstrip(".")
-        if _literal(host) is not None:
-            return
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM
-            )
-        except OSError as exc:
-            raise UnsafeUrl(f"cannot resolve {host}: {exc}") from exc
-        for info in infos:
-            self.check_address(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]))
 
 
 def _literal(host: str) -> IPAddress | None:
