@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 
@@ -47,18 +47,14 @@ class LiveServer:
         return components
 
 
-@asynccontextmanager
-async def live_server(tmp_path: Path, **settings: Any) -> AsyncIterator[LiveServer]:
-    values: dict[str, Any] = {
-        "data_dir": tmp_path / "data",
-        "autoenable_plugins": [],
-        "writer_flush_interval_s": 0.02,
-        "stale_check_interval_s": 3600,
-        "role": "api",
-        **settings,
-    }
+LiveServerT = TypeVar("LiveServerT", bound=LiveServer)
+
+
+async def start_server(
+    app: Any, cls: type[LiveServerT], *args: Any
+) -> tuple[LiveServerT, asyncio.Task[None]]:
+    """Serve ``app`` on a free loopback port in this event loop; wrap it in ``cls``."""
     port = free_port()
-    app = create_app(Settings(**values), registry=make_registry())
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_config=None, lifespan="on", ws="websockets-sansio"
     )
@@ -69,8 +65,23 @@ async def live_server(tmp_path: Path, **settings: Any) -> AsyncIterator[LiveServ
             task.result()
             raise RuntimeError("server exited during start-up")
         await asyncio.sleep(0.01)
+    return cls(server, port, *args), task
+
+
+@asynccontextmanager
+async def live_server(tmp_path: Path, **settings: Any) -> AsyncIterator[LiveServer]:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "autoenable_plugins": [],
+        "writer_flush_interval_s": 0.02,
+        "stale_check_interval_s": 3600,
+        "role": "api",
+        **settings,
+    }
+    app = create_app(Settings(**values), registry=make_registry())
+    running, task = await start_server(app, LiveServer)
     try:
-        yield LiveServer(server, port)
+        yield running
     finally:
-        server.should_exit = True
+        running.server.should_exit = True
         await task

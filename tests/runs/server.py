@@ -15,30 +15,28 @@ from typing import Any
 import httpx
 import uvicorn
 
+from tests.live_server import LiveServer, start_server
 from tests.runs.actions import registry_with_actions
-from tests.services import free_port
 from unity.app import create_app
-from unity.components import Components
 from unity.config import Settings
 from unity.core.clock import Clock
 from unity.core.events import Event, Subscription
 from unity.plugins.registry import PluginRegistry
 
 
-class RunServer:
+class RunServer(LiveServer):
     def __init__(self, server: uvicorn.Server, port: int, data_dir: Path) -> None:
-        self.server = server
-        self.url = f"http://127.0.0.1:{port}"
-        self.key = (data_dir / "admin.key").read_text().strip()
+        super().__init__(server, port)
+        self.url = self.http
+        self._key = (data_dir / "admin.key").read_text().strip()
         self.client = httpx.AsyncClient(
             base_url=self.url, headers={"authorization": f"Bearer {self.key}"}, timeout=10
         )
 
     @property
-    def components(self) -> Components:
-        app: Any = self.server.config.app
-        components: Components = app.state.components
-        return components
+    def key(self) -> str:
+        """The admin key, read from the data directory (also after a restart)."""
+        return self._key
 
     def events(self) -> Subscription:
         """A subscription to run events from now on."""
@@ -77,20 +75,11 @@ async def run_server(
         "role": "all",
         **settings,
     }
-    port = free_port()
     app = create_app(Settings(**values), clock=clock, registry=registry or registry_with_actions())
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("server exited during start-up")
-        await asyncio.sleep(0.01)
-    running = RunServer(server, port, data_dir)
+    running, task = await start_server(app, RunServer, data_dir)
     try:
         yield running
     finally:
         await running.client.aclose()
-        server.should_exit = True
+        running.server.should_exit = True
         await task
