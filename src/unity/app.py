@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from unity import __version__
 from unity.auth import api as auth_api
 from unity.auth.audit import AuditMiddleware
+from unity.auth.deps import declare_security
 from unity.auth.principal import Principal, RateLimits
 from unity.auth.ratelimit import RateLimiter, RateLimitMiddleware
 from unity.auth.usage import UsageMiddleware
@@ -123,7 +124,7 @@ def create_app(
                 routes=app.routes,
                 tags=app.openapi_tags,
             )
-            app.openapi_schema = use_problem_media_type(schema)
+            app.openapi_schema = use_problem_media_type(declare_security(schema, app.routes))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -17,7 +17,7 @@ from tests.auth.conftest import AuthServices, Events
 from tests.fakes import FakeClock
 from unity.auth.api import routers
 from unity.auth.audit import AuditMiddleware, AuditService
-from unity.auth.deps import require
+from unity.auth.deps import install_key_security, require
 from unity.auth.principal import Principal
 from unity.auth.ratelimit import RateLimiter, RateLimitMiddleware
 from unity.auth.service import KeyService, TenantService
@@ -32,6 +32,7 @@ def make_app(services: AuthServices, limiter: RateLimiter | None = None) -> Fast
     and two stand-in write routes."""
     app = FastAPI()
     install_error_handlers(app)
+    install_key_security(app)
     for router in routers:
         app.include_router(router)
     things = APIRouter(prefix="/api/things")

@@ -42,8 +42,9 @@ import asyncio
 import logging
 import math
 import time
+import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -168,8 +169,26 @@ class Verdict:
         return headers
 
     def raw_headers(self, now: float) -> list[tuple[bytes, bytes]]:
-        """:meth:`headers` as ASGI header pairs (lowercase names, Latin-1 bytes)."""
-        return [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in self.headers(now)]
+        """:meth:`headers` as ASGI header pairs (lowercase names, Latin-1 bytes).
+
+        Built directly rather than from :meth:`headers`: it runs on every limited response.
+        """
+        if not self.allowed:
+            return [
+                (n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in self.headers(now)
+            ]
+        if not self.windows:
+            return []
+        tightest = min(self.windows, key=lambda w: (w.remaining, -w.reset_at))
+        policy = ", ".join([f'"{w.name}";q={w.quota};w={w.window_s}' for w in self.windows])
+        state = ", ".join([f'"{w.name}";r={w.remaining};t={w.reset_in(now)}' for w in self.windows])
+        return [
+            (b"x-ratelimit-limit", b"%d" % tightest.quota),
+            (b"x-ratelimit-remaining", b"%d" % tightest.remaining),
+            (b"x-ratelimit-reset", b"%d" % math.ceil(tightest.reset_at)),
+            (b"ratelimit-policy", policy.encode("latin-1")),
+            (b"ratelimit", state.encode("latin-1")),
+        ]
 
 
 class _Window:
@@ -307,7 +326,7 @@ class RateLimiter:
         # In memory, windows are read and charged without the strategy's coroutines; the
         # storage keys of a (key, its limits) are built once.
         self._memory = self._storage if isinstance(self._storage, MovingWindowMemory) else None
-        self._memory_keys: dict[tuple[str, RateLimits], tuple[str, ...]] = {}
+        self._memory_keys: dict[tuple[uuid.UUID, RateLimits], tuple[str, ...]] = {}
         # Addresses with a rejected key in the last minute: only those are checked against
         # the failed-authentication window (its storage holds nothing for the others).
         self._failing: dict[str, float] = {}
@@ -396,13 +415,14 @@ class RateLimiter:
         items: tuple[tuple[str, int, RateLimitItem], ...],
     ) -> Verdict:
         """:meth:`acquire` against memory: the same reads and charges, with nothing awaited."""
-        cache_key = (str(principal.key_id), principal.limits)
+        cache_key = (principal.key_id, principal.limits)
         keys = self._memory_keys.get(cache_key)
         if keys is None:
             if len(self._memory_keys) >= 10_000:
                 self._memory_keys.clear()
+            identity = str(principal.key_id)
             keys = self._memory_keys[cache_key] = tuple(
-                item.key_for(cache_key[0]) for _, _, item in items
+                item.key_for(identity) for _, _, item in items
             )
         now = time.time()
         stats: list[tuple[float, int]] = []
@@ -560,7 +580,7 @@ class RateLimitMiddleware:
         if scope["type"] != "http" or scope["path"] in self._excluded:
             await self.app(scope, receive, send)
             return
-        secret = presented_key(Headers(scope=scope))
+        secret = _presented_key(scope["headers"])
         if secret is None:
             await self.app(scope, receive, send)
             return
@@ -618,12 +638,32 @@ class RateLimitMiddleware:
 
 def presented_key(headers: Headers) -> str | None:
     """The API key a request presents: ``Authorization: Bearer <key>``, else ``X-API-Key``."""
-    authorization = headers.get("authorization")
+    return _key_of(headers.get("authorization"), headers.get("x-api-key"))
+
+
+def _presented_key(raw: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """:func:`presented_key` over ASGI header pairs (names lowercase), without building
+    :class:`Headers`: it runs on every request."""
+    authorization: bytes | None = None
+    api_key: bytes | None = None
+    for name, value in raw:
+        if name == b"authorization":
+            if authorization is None:
+                authorization = value
+        elif name == b"x-api-key" and api_key is None:
+            api_key = value
+    return _key_of(
+        None if authorization is None else authorization.decode("latin-1"),
+        None if api_key is None else api_key.decode("latin-1"),
+    )
+
+
+def _key_of(authorization: str | None, api_key: str | None) -> str | None:
     if authorization:
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
             return credentials.strip()
-    key = headers.get("x-api-key", "").strip()
+    key = (api_key or "").strip()
     return key or None
 
 
