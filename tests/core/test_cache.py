@@ -214,6 +214,23 @@ async def test_get_or_set_calls_the_factory_once(backend: Backend) -> None:
     assert await backend.cache.get("dashboard") == {"rows": [1, 2, 3]}
 
 
+async def test_get_or_set_encoded_answers_the_stored_json_bytes(backend: Backend) -> None:
+    value = {"plugin_id": "system_info", "health": "healthy", "errors": 0, "note": "ünï"}
+    factory = Counter(value)
+
+    first = await backend.cache.get_or_set_encoded("status", 60, factory)
+    second = await backend.cache.get_or_set_encoded("status", 60, factory)
+
+    assert isinstance(first, bytes)
+    assert first == second
+    assert orjson.loads(first) == value
+    assert factory.calls == 1
+    # The same entry serves get() and get_or_set() as values.
+    assert await backend.cache.get("status") == value
+    assert await backend.cache.get_or_set("status", 60, factory) == value
+    assert factory.calls == 1
+
+
 async def test_get_or_set_calls_the_factory_again_after_expiry(backend: Backend) -> None:
     factory = Counter("value")
     await backend.cache.get_or_set("status", 0.2, factory)

@@ -32,7 +32,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from unity.auth.keys import generate, hash_secret, looks_valid, same_hash
+from unity.auth.keys import SECRET_LENGTH, generate, hash_secret, looks_valid, same_hash
 from unity.auth.models import ApiKey, Tenant
 from unity.auth.principal import (
     ALL_SCOPES,
@@ -197,11 +197,15 @@ class KeyService:
             raise Unauthorized(
                 "missing API key: send it as 'Authorization: Bearer <key>' or 'X-API-Key'"
             )
-        if not looks_valid(secret):
+        if len(secret) != SECRET_LENGTH:
             raise Unauthorized("invalid API key")
         digest = hash_secret(secret)
         entry = self._cache.get(digest)
         if entry is None or self._clock.monotonic() - entry.cached_at >= self._ttl:
+            # Only a secret that passed this check is ever cached, and a cached digest is
+            # that secret's: a hit needs no second look at its shape and checksum.
+            if not looks_valid(secret):
+                raise Unauthorized("invalid API key")
             entry = await self._lookup(digest)
         now = self._clock.now()
         if entry.expires_at is not None and now >= entry.expires_at:

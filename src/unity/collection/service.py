@@ -16,6 +16,7 @@ from unity.collection.cache_keys import status_key, summary_key
 from unity.collection.health import Health, worst
 from unity.collection.models import PluginExecution, PluginStatus
 from unity.core.cache import Cache, CacheTTL
+from unity.core.cache.abc import decode
 from unity.core.clock import Clock
 from unity.core.db import Database
 from unity.metrics.store import MetricStore
@@ -80,6 +81,11 @@ class CollectionService:
 
     async def plugin_status_data(self, plugin_id: str, *, tenant_id: str) -> dict[str, Any]:
         """:meth:`plugin_status` as the JSON values the cache holds (no model built)."""
+        data: dict[str, Any] = decode(await self.plugin_status_json(plugin_id, tenant_id=tenant_id))
+        return data
+
+    async def plugin_status_json(self, plugin_id: str, *, tenant_id: str) -> bytes:
+        """:meth:`plugin_status` as the JSON bytes the cache holds (what the API answers)."""
 
         async def build() -> dict[str, Any]:
             instances = await self.instance_statuses(plugin_id, tenant_id)
@@ -107,10 +113,9 @@ class CollectionService:
             )
             return status.model_dump(mode="json")
 
-        data: dict[str, Any] = await self._cache.get_or_set(
+        return await self._cache.get_or_set_encoded(
             status_key(plugin_id, tenant_id), self._ttl.status_s, build
         )
-        return data
 
     async def executions(
         self,
@@ -151,6 +156,11 @@ class CollectionService:
 
     async def summary_data(self, *, tenant_id: str) -> dict[str, Any]:
         """:meth:`summary` as the JSON values the cache holds (no model built)."""
+        data: dict[str, Any] = decode(await self.summary_json(tenant_id=tenant_id))
+        return data
+
+    async def summary_json(self, *, tenant_id: str) -> bytes:
+        """:meth:`summary` as the JSON bytes the cache holds (what the API answers)."""
 
         async def build() -> dict[str, Any]:
             since = self._clock.now() - timedelta(hours=1)
@@ -217,7 +227,6 @@ class CollectionService:
             )
             return summary.model_dump(mode="json")
 
-        data: dict[str, Any] = await self._cache.get_or_set(
+        return await self._cache.get_or_set_encoded(
             summary_key(tenant_id), self._ttl.dashboard_s, build
         )
-        return data

@@ -1,11 +1,13 @@
 """``/api/plugins``: the catalog, enabling and configuring, status, metrics and executions.
 
 The hot reads (list, detail, status, latest metrics, summary) answer with the JSON the
-cache holds, encoded once by orjson into the response body: their ``response_model`` only
-documents the shape, since FastAPI passes a returned ``Response`` through as it is.
-Decoding the cached values into models and validating and serialising them again took
-most of those requests' time. The reads also take the components from the request rather
-than through a dependency.
+cache holds: detail, status and summary send the cached bytes as they are, list and
+latest metrics (filtered or trimmed here) encode theirs once with orjson. Their
+``response_model`` only documents the shape, since FastAPI passes a returned
+``Response`` through as it is. Decoding the cached values into models and validating and
+serialising them again took most of those requests' time. The reads also take the
+components from the request rather than through a dependency, and the router's
+:class:`~unity.deps.ReadRoute` runs them without FastAPI's general dependency solver.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from unity.components import Components
 from unity.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 from unity.core.params import IsoDatetime
-from unity.deps import Caller, ComponentsDep, access
+from unity.deps import Caller, ComponentsDep, ReadRoute, access
 from unity.errors import BadRequestError, problem_responses
 from unity.plugins.schemas import (
     CategoryOut,
@@ -38,6 +40,7 @@ router = APIRouter(
     prefix="/api/plugins",
     tags=["plugins"],
     responses=problem_responses(400, 401, 403, 404, 422, 429),
+    route_class=ReadRoute,
 )
 
 PluginIdPath = Annotated[
@@ -76,7 +79,7 @@ async def stats_summary(
     request: Request, caller: Annotated[Caller, access("plugins:read")]
 ) -> Response:
     """Plugins, instances by health, stored data and last hour's executions."""
-    return _json(await _components(request).collection.summary_data(tenant_id=caller.tenant))
+    return _body(await _components(request).collection.summary_json(tenant_id=caller.tenant))
 
 
 @router.get("/categories/list", summary="Plugin categories")
@@ -93,7 +96,7 @@ async def get_plugin(
 ) -> Response:
     """Manifest, config and its JSON Schema, declared metrics, instances with their health."""
     catalog = _components(request).catalog
-    return _json(await catalog.detail_data(plugin_id, tenant_id=caller.tenant))
+    return _body(await catalog.detail_json(plugin_id, tenant_id=caller.tenant))
 
 
 @router.post(
@@ -124,7 +127,7 @@ async def plugin_status(
     """Health (the worst of its enabled instances), error counts, last execution, success and error."""
     c = _components(request)
     await c.catalog.ensure_known(plugin_id, tenant_id=caller.tenant)
-    return _json(await c.collection.plugin_status_data(plugin_id, tenant_id=caller.tenant))
+    return _body(await c.collection.plugin_status_json(plugin_id, tenant_id=caller.tenant))
 
 
 @router.get("/{plugin_id}/metrics", summary="Latest metrics", response_model=LatestMetricsOut)
@@ -224,6 +227,11 @@ def _components(request: Request) -> Components:
 def _json(data: Any) -> Response:
     """``data`` (JSON values, as the cache holds them) as an ``application/json`` response."""
     return Response(orjson.dumps(data), media_type="application/json")
+
+
+def _body(encoded: bytes) -> Response:
+    """JSON the cache holds encoded, answered as it is."""
+    return Response(encoded, media_type="application/json")
 
 
 def _labels(pairs: list[str]) -> dict[str, str]:

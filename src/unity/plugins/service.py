@@ -23,6 +23,7 @@ from unity.collection.cache_keys import categories_key, dashboard_keys, detail_k
 from unity.collection.health import Health, worst
 from unity.collection.models import PluginStatus
 from unity.core.cache import Cache, CacheTTL
+from unity.core.cache.abc import decode
 from unity.core.clock import Clock
 from unity.core.db import Database
 from unity.errors import ConflictError, NotFoundError, ValidationFailed
@@ -379,6 +380,11 @@ class PluginCatalog:
 
     async def detail_data(self, plugin_id: str, *, tenant_id: str) -> dict[str, Any]:
         """:meth:`detail` as the JSON values the cache holds (no model built); 404 if unknown."""
+        data: dict[str, Any] = decode(await self.detail_json(plugin_id, tenant_id=tenant_id))
+        return data
+
+    async def detail_json(self, plugin_id: str, *, tenant_id: str) -> bytes:
+        """:meth:`detail` as the JSON bytes the cache holds (what the API answers); 404 if unknown."""
 
         async def build() -> dict[str, Any]:
             async with self._db.session() as session:
@@ -399,10 +405,9 @@ class PluginCatalog:
             )
             return detail.model_dump(mode="json")
 
-        data: dict[str, Any] = await self._cache.get_or_set(
+        return await self._cache.get_or_set_encoded(
             detail_key(plugin_id, tenant_id), self._ttl.status_s, build
         )
-        return data
 
     async def categories(self, *, tenant_id: str) -> list[CategoryOut]:
         """Each category with its plugin counts (enabled: for this tenant)."""

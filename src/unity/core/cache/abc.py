@@ -107,10 +107,20 @@ class Cache(ABC):
         missing the same key in this process share one factory call. An exception from
         ``factory`` propagates and nothing is stored.
         """
+        return decode(await self.get_or_set_encoded(key, ttl_s, factory))
+
+    async def get_or_set_encoded(
+        self, key: str, ttl_s: float, factory: Callable[[], Awaitable[Any]]
+    ) -> bytes:
+        """:meth:`get_or_set`, answering the stored JSON bytes rather than their value.
+
+        For a caller that sends the value on as JSON unchanged (a hot read answering it as
+        the response body): no decoding here and no encoding there.
+        """
         raw = await self._load(key)
         if raw is not None:
             self._hits += 1
-            return decode(raw)
+            return raw
         entry = self._key_locks.setdefault(key, _KeyLock())
         entry.users += 1
         try:
@@ -120,12 +130,12 @@ class Cache(ABC):
                 raw = await self._load(key)
                 if raw is not None:
                     self._hits += 1
-                    return decode(raw)
+                    return raw
                 self._misses += 1
                 raw = encode(await factory())
                 await self._put(key, raw, ttl_s)
-                # Return what a later get() would return, not the factory's own object.
-                return decode(raw)
+                # What a later get() would return, not the factory's own object.
+                return raw
         finally:
             entry.users -= 1
             if entry.users == 0:
