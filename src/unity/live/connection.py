@@ -3,7 +3,9 @@
 A client starts *direct*: the hub (:class:`unity.live.hub.LiveHub`) writes each event,
 encoded once for everyone, straight to its socket from the hub's own task. No task of
 the client wakes up per event, which is most of the cost of fan-out to thousands of
-clients. A write completes at once unless the client's transport is backed up (the
+clients; when the client's connection allows it, the write is the event's frame, built
+once by the hub, put straight on the transport (:mod:`unity.live.frames`). A write
+completes at once unless the client's transport is backed up (the
 server paused it); then the write goes on in a task of its own, and the client falls
 back to a live bus subscription of its own, served by its *pump* task: first the events
 published meanwhile that the hub had not written to it yet (read back from the bus
@@ -37,6 +39,7 @@ from unity.core.events import (
     SubscriptionClosed,
 )
 from unity.core.events.abc import Event
+from unity.live.frames import FrameWriter
 
 log = structlog.stdlib.get_logger("unity.live")
 
@@ -76,6 +79,8 @@ class LiveConnection:
         self._queue_size = queue_size
         self._heartbeat = heartbeat
         self.tenant_id = tenant_id
+        # Writes the hub's prebuilt frames when the server's connection allows it.
+        self._frames = FrameWriter.of(websocket)
         self._send_lock = asyncio.Lock()
         self._subscription: Subscription | None = None
         # Set when the connection leaves direct delivery (a subscription exists) or the hub
@@ -134,31 +139,35 @@ class LiveConnection:
             return False
         return self.include is None or plugin_id in self.include
 
-    def deliver(self, seq: int, text: str) -> None:
-        """Write one event (``seq``, encoded as ``text``) now, from the hub's task.
+    def deliver(self, seq: int, text: str, frame: bytes) -> bool:
+        """Write one event (``seq``, encoded as ``text``, ``frame`` its WebSocket text frame)
+        now, from the hub's task; ``True`` when ``frame`` went straight to the transport.
 
         Never waits: when the write cannot complete at once, it finishes in a task and the
         client falls back to a subscription that resumes after ``seq``. Only for direct
         clients, after the hub has checked tenant and filter.
         """
         if self._gone or self._ws.application_state is not WebSocketState.CONNECTED:
-            return
-        coroutine = self._ws.send({"type": "websocket.send", "text": text})
+            return False
         try:
-            unfinished = start_eagerly(coroutine)
+            if self._frames is not None and self._frames.write(frame):
+                self._last_seq = seq
+                return True
+            unfinished = start_eagerly(self._ws.send({"type": "websocket.send", "text": text}))
         except _GONE:
             self._gone = True  # the reader sees the disconnect and ends the connection
-            return
+            return False
         except Exception:
             # One client's failure must not stop the hub's fan-out to everyone else.
             log.warning("live delivery failed; closing the connection", exc_info=True)
             self._gone = True
             self._fallen_back.set()  # no subscription: the pump ends, and the connection
-            return
+            return False
         self._last_seq = seq
         if unfinished is not None:
             self._unfinished = unfinished
             self._fall_back()
+        return False
 
     def lag(self, dropped: int) -> None:
         """Tell a direct client that the hub itself missed ``dropped`` events."""

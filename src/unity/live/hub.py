@@ -9,7 +9,9 @@
 An event is serialised once, however many clients receive it (a small cache keyed by
 ``seq``), and the hub writes it to every direct client from its own task (see
 :mod:`unity.live.connection`): fan-out costs one socket write per client, not a
-``json.dumps``, a queue and a task wake-up per client.
+``json.dumps``, a queue and a task wake-up per client. The event's WebSocket frame is
+built once too, and written as it is to every client whose connection allows it
+(:mod:`unity.live.frames`); the others go through the ASGI send.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from unity.core.events import EventBus, Lag, Subscription, SubscriptionClosed
 from unity.core.events.abc import Event
 from unity.live.auth import Authenticate, authenticate_websocket, close_forbidden, tenant_of
 from unity.live.connection import LiveConnection
+from unity.live.frames import text_frame
 
 METRIC_EVENTS = ("metrics.updated", "execution.completed", "execution.failed")
 _ENCODED_CACHE = 512
@@ -54,6 +57,10 @@ class LiveHub:
         self.heartbeat_s = heartbeat_s
         self.queue_size = queue_size
         self.clients = 0
+        #: Direct deliveries written as the prebuilt frame, and the others (the ASGI send,
+        #: or none when the client was already gone).
+        self.frames_written = 0
+        self.sends = 0
         self._encoded: OrderedDict[int, str | None] = OrderedDict()
         # Direct clients by tenant; the pump task runs while there are clients.
         self._direct: dict[str, set[LiveConnection]] = {}
@@ -118,12 +125,19 @@ class LiveHub:
                     text = self.encode_metrics(item)
                     if text is None:
                         continue
+                    frame = text_frame(text)
                     plugin_id = item.data.get("plugin_id")
+                    written = sent = 0
                     for connection in list(audience):
                         if not connection.direct:
                             audience.discard(connection)  # it has a subscription of its own now
                         elif connection.wants(plugin_id):
-                            connection.deliver(item.seq, text)
+                            if connection.deliver(item.seq, text, frame):
+                                written += 1
+                            else:
+                                sent += 1
+                    self.frames_written += written
+                    self.sends += sent
                 else:
                     for clients in list(self._direct.values()):
                         for connection in list(clients):
