@@ -1,8 +1,7 @@
 """Pieces every live endpoint needs: opening an authenticated session, ``since``, an outbox.
 
-``/ws/tasks``, ``/ws/runs`` and ``/ws/stream`` (:mod:`unity.live.streams`) use them;
-``/ws/metrics`` (:mod:`unity.live.hub`) does the same steps in its own code and could
-move to these.
+``/ws/metrics`` (:mod:`unity.live.hub`) and ``/ws/tasks``, ``/ws/runs``, ``/ws/stream``
+(:mod:`unity.live.streams`) use them.
 """
 
 from __future__ import annotations

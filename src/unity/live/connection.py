@@ -39,6 +39,7 @@ from unity.core.events import (
     SubscriptionClosed,
 )
 from unity.core.events.abc import Event
+from unity.live.common import parse_since
 from unity.live.frames import FrameWriter
 
 log = structlog.stdlib.get_logger("unity.live")
@@ -292,9 +293,10 @@ class LiveConnection:
                 self.exclude |= ids
             await self.send({"type": "unsubscribed", **self._filter_view()})
         elif action == "resume":
-            since = command.get("since")
-            if not isinstance(since, int) or isinstance(since, bool) or since < 0:
-                raise ClientError("resume needs a non-negative integer 'since'")
+            try:
+                since = parse_since(command.get("since"))
+            except ValueError as exc:
+                raise ClientError("resume needs a non-negative integer 'since'") from exc
             self._resubscribe(since)
         elif action == "ping":
             await self.send({"type": "pong", "timestamp": self._clock.now().isoformat()})

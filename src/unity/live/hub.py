@@ -26,7 +26,8 @@ from fastapi import APIRouter, WebSocket
 from unity.core.clock import Clock
 from unity.core.events import EventBus, Lag, Subscription, SubscriptionClosed
 from unity.core.events.abc import Event
-from unity.live.auth import Authenticate, authenticate_websocket, close_forbidden, tenant_of
+from unity.live.auth import Authenticate
+from unity.live.common import open_session, parse_since
 from unity.live.connection import LiveConnection
 from unity.live.frames import text_frame
 
@@ -180,12 +181,8 @@ async def ws_metrics(websocket: WebSocket) -> None:
     ``{"action": "resume", "since": N}``, ``{"action": "ping"}``.
     """
     hub: LiveHub = websocket.app.state.components.hub
-    principal = await authenticate_websocket(websocket, hub.authenticate, "metrics:read")
-    if principal is None:
-        return
-    tenant = tenant_of(websocket, principal)
-    if tenant is None:
-        await close_forbidden(websocket, "only an admin key can watch another tenant")
+    session = await open_session(websocket, hub.authenticate, "metrics:read")
+    if session is None:
         return
     since: int | None = None
     raw_since = websocket.query_params.get("since")
@@ -198,13 +195,11 @@ async def ws_metrics(websocket: WebSocket) -> None:
         heartbeat_s=hub.heartbeat_s,
         queue_size=hub.queue_size,
         heartbeat=hub.heartbeat,
-        tenant_id=tenant,
+        tenant_id=session.tenant_id,
     )
     if raw_since is not None:
-        if raw_since.isdigit():
-            since = int(raw_since)
-        else:
-            await connection.send(
-                {"type": "error", "detail": "since must be a non-negative integer"}
-            )
+        try:
+            since = parse_since(raw_since)
+        except ValueError as exc:
+            await connection.send({"type": "error", "detail": str(exc)})
     await hub.serve(connection, since)

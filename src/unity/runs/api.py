@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
+from unity.core.events.catalog import RunStatus
 from unity.core.pagination import Page, PageDep
 from unity.deps import Caller, ComponentsDep, access
 from unity.errors import problem_responses
@@ -17,7 +18,6 @@ from unity.runs.schemas import (
     RunCreate,
     RunLogOut,
     RunOut,
-    RunStatus,
     RunUpdate,
     TaskCreate,
     TaskOut,

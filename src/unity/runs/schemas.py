@@ -9,18 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-RunStatus = Literal[
-    "pending",
-    "analyzing",
-    "awaiting_approval",
-    "approved",
-    "rejected",
-    "timed_out",
-    "running",
-    "completed",
-    "failed",
-    "cancelled",
-]
+from unity.core.events.catalog import RunStatus
+
 TaskStatus = Literal["pending", "running", "completed", "failed", "cancelled", "timeout"]
 OnTimeout = Literal["reject", "approve"]
 

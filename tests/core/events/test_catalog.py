@@ -15,6 +15,7 @@ from unity.components import build_components, close_components
 from unity.config import Settings
 from unity.core.events import CATALOG, CATEGORIES, Event, MemoryEventBus, check_pattern, matches
 from unity.core.events import catalog as catalog_module
+from unity.runs.states import STATUSES
 
 DESIGNED = {
     *(
@@ -72,6 +73,10 @@ def test_each_type_documents_its_payload(name: str) -> None:
 
 def test_health_values_are_the_collection_domains() -> None:
     assert set(get_args(catalog_module.Health)) == {h.value for h in Health}
+
+
+def test_run_status_values_are_the_run_state_machines() -> None:
+    assert set(get_args(catalog_module.RunStatus)) == set(STATUSES)
 
 
 def test_health_changed_payload_is_from_and_to() -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "CATEGORIES",
     "EventType",
     "Payload",
+    "RunStatus",
     "check_pattern",
     "matches",
 ]
