@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from unity.core.events.catalog import CATEGORIES, check_pattern
 from unity.core.params import IsoDatetime
@@ -31,6 +31,16 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _check_secret(value: str | None) -> str | None:
+    if value is not None:
+        secret_key(value)  # raises ValueError naming what is wrong
+    return value
+
+
+#: A secret a client may give (``whsec_`` + base64), checked as it arrives.
+GivenSecret = Annotated[str | None, AfterValidator(_check_secret)]
+
+
 class WebhookCreate(_Body):
     """``POST /api/webhooks``."""
 
@@ -45,7 +55,7 @@ class WebhookCreate(_Body):
         examples=[["alert.triggered", "run.*"]],
     )
     description: str | None = Field(default=None, max_length=2000)
-    secret: str | None = Field(
+    secret: GivenSecret = Field(
         default=None,
         description="`whsec_` + base64 of 24-64 bytes; generated when left out.",
     )
@@ -55,13 +65,6 @@ class WebhookCreate(_Body):
     @classmethod
     def _events(cls, value: list[str]) -> list[str]:
         return normalize_events(value)
-
-    @field_validator("secret")
-    @classmethod
-    def _secret(cls, value: str | None) -> str | None:
-        if value is not None:
-            secret_key(value)
-        return value
 
 
 class WebhookUpdate(_Body):
@@ -114,14 +117,7 @@ class WebhookCreated(WebhookOut):
 class RotateSecret(_Body):
     """``POST /api/webhooks/{id}/rotate-secret``."""
 
-    secret: str | None = Field(default=None, description="The new secret; generated if left out.")
-
-    @field_validator("secret")
-    @classmethod
-    def _secret(cls, value: str | None) -> str | None:
-        if value is not None:
-            secret_key(value)
-        return value
+    secret: GivenSecret = Field(default=None, description="The new secret; generated if left out.")
 
 
 class SecretRotated(BaseModel):
