@@ -6,7 +6,6 @@ them over real sockets with their real client libraries (httpx, the docker SDK).
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import ssl
@@ -23,6 +22,7 @@ import pytest
 import structlog
 import trustme
 
+from tests.http_handlers import JsonHandler
 from unity.core.clock import SystemClock
 from unity.plugins.sdk import Collected, Collector, Context, PluginConfig
 
@@ -220,18 +220,7 @@ def engine_handler(engine: FakeEngine) -> type[BaseHTTPRequestHandler]:
     versioned = re.compile(r"^/v\d+\.\d+(/.*)$")
     stats_path = re.compile(r"^/containers/([^/]+)/stats$")
 
-    class EngineHandler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            """Keep the test output clean."""
-
-        def _json(self, status: int, payload: Any) -> None:
-            body = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+    class EngineHandler(JsonHandler):
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
             match = versioned.match(parts.path)

@@ -13,6 +13,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import docker
 
+from tests.http_handlers import JsonHandler
+
 VERSIONED = re.compile(r"^/v\d+\.\d+(/.*)$")
 NO_TAG = "<none>:<none>"
 
@@ -71,18 +73,7 @@ def container(
 
 
 def engine_handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            """Keep the test output clean."""
-
-        def _json(self, status: int, payload: Any) -> None:
-            body = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+    class Handler(JsonHandler):
         def _route(self) -> tuple[str, dict[str, list[str]]]:
             parts = urlsplit(self.path)
             match = VERSIONED.match(parts.path)

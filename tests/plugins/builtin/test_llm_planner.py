@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.http_handlers import JsonHandler
 from tests.plugins.builtin.actions import ProgressLog, Steps, action_context
 from unity.plugins.builtin import llm_planner
 from unity.plugins.builtin.file_cleanup import FileCleanup
@@ -39,18 +40,7 @@ class ChatScript:
 
 
 def chat_handler(script: ChatScript) -> type[BaseHTTPRequestHandler]:
-    class ChatHandler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            """Keep the test output clean."""
-
-        def _json(self, status: int, payload: Any) -> None:
-            body = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+    class ChatHandler(JsonHandler):
         def do_POST(self) -> None:
             if self.path != "/v1/chat/completions":
                 self._json(404, {"error": {"message": f"no route {self.path}"}})
